@@ -1,0 +1,1 @@
+"""Data: the synthetic driving world, dataset formats, loaders and targets."""

@@ -1,0 +1,308 @@
+"""The Waymo Open Dataset v2 (perception) parquet format: column names, Arrow schemas, and a writer
+for simulated segments.
+
+Layout: ``{root}/{split}/{component}/{segment_context_name}.parquet``, one file per component and
+segment, columns named ``key.*`` and ``[Component].field.path`` as the v2 release names them.
+Conventions: 4x4 transforms are row-major; ``extrinsic`` maps sensor to vehicle and
+``world_from_vehicle`` vehicle to world; the vehicle frame and Waymo's camera frame are x forward,
+y left, z up; boxes are in the vehicle frame at the frame timestamp with ``size.x`` the length along
+``heading``. Range images are (H, W, 4) = (range, intensity, elongation, is-in-no-label-zone) with
+row 0 the highest beam, ``beam_inclination.values`` ascending, and column ``c`` at sensor azimuth
+``pi - 2 pi (c + 0.5) / W - yaw(extrinsic)``; empty pixels hold range -1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .geometry import invert_rigid, make_transform, wrap_angle
+from .raycast import render_camera
+from .synthetic import Scene, SensorRig, cast_lidar_settled, location_grid, simulate_scene, waymo_rig
+
+FRAME_INTERVAL = 0.1  # seconds: Waymo frames come at 10 Hz
+LABEL_RANGE = 75.0  # metres from the ego within which objects are labelled
+LOCATION = "phoenix"  # the simulator's road grid for Waymo segments (right-hand traffic)
+CAMERA_NAMES = {"FRONT": 1, "FRONT_LEFT": 2, "FRONT_RIGHT": 3, "SIDE_LEFT": 4, "SIDE_RIGHT": 5}
+LASER_NAMES = {"TOP": 1, "FRONT": 2, "SIDE_LEFT": 3, "SIDE_RIGHT": 4, "REAR": 5}
+TYPE_VEHICLE, TYPE_PEDESTRIAN, TYPE_SIGN, TYPE_CYCLIST = 1, 2, 3, 4
+GLOBAL_SHUTTER = 5  # CameraCalibration.rolling_shutter_direction: our renders expose every pixel at once
+# Waymo's camera frame (x forward, y left, z up) from ours (x right, y down, z forward).
+OPENCV_FROM_WAYMO_CAMERA = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                                     [0.0, 0.0, 0.0, 1.0]])
+
+KEY_SEGMENT = "key.segment_context_name"
+KEY_TIMESTAMP = "key.frame_timestamp_micros"
+KEY_CAMERA = "key.camera_name"
+KEY_LASER = "key.laser_name"
+KEY_OBJECT = "key.laser_object_id"
+
+TRANSFORM = pa.list_(pa.float64(), 16)
+
+
+def _fields(component: str, spec: list[tuple[str, pa.DataType]]) -> list[tuple[str, pa.DataType]]:
+    return [(f"[{component}].{name}", dtype) for name, dtype in spec]
+
+
+def _xyz(prefix: str, dtype) -> list[tuple[str, pa.DataType]]:
+    return [(f"{prefix}.{axis}", dtype) for axis in "xyz"]
+
+
+SCHEMAS = {
+    "camera_image": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64()), (KEY_CAMERA, pa.int8())]
+        + _fields("CameraImageComponent", [("image", pa.binary()), ("pose.transform", TRANSFORM)]
+                  + _xyz("velocity.linear_velocity", pa.float32()) + _xyz("velocity.angular_velocity", pa.float64())
+                  + [("pose_timestamp", pa.float64()), ("rolling_shutter_params.shutter", pa.float64()),
+                     ("rolling_shutter_params.camera_trigger_time", pa.float64()),
+                     ("rolling_shutter_params.camera_readout_done_time", pa.float64())])
+    ),
+    "camera_calibration": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_CAMERA, pa.int8())]
+        + _fields("CameraCalibrationComponent",
+                  [(f"intrinsic.{k}", pa.float64()) for k in ("f_u", "f_v", "c_u", "c_v", "k1", "k2", "p1", "p2", "k3")]
+                  + [("extrinsic.transform", TRANSFORM), ("width", pa.int32()), ("height", pa.int32()),
+                     ("rolling_shutter_direction", pa.int8())])
+    ),
+    "lidar": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64()), (KEY_LASER, pa.int8())]
+        + _fields("LiDARComponent", [(f"range_image_return{r}.{part}", dtype) for r in (1, 2)
+                                     for part, dtype in (("values", pa.list_(pa.float32())),
+                                                         ("shape", pa.list_(pa.int32(), 3)))])
+    ),
+    "lidar_calibration": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_LASER, pa.int8())]
+        + _fields("LiDARCalibrationComponent",
+                  [("extrinsic.transform", TRANSFORM), ("beam_inclination.min", pa.float64()),
+                   ("beam_inclination.max", pa.float64()), ("beam_inclination.values", pa.list_(pa.float64()))])
+    ),
+    "lidar_box": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64()), (KEY_OBJECT, pa.string())]
+        + _fields("LiDARBoxComponent",
+                  _xyz("box.center", pa.float64()) + _xyz("box.size", pa.float64())
+                  + [("box.heading", pa.float64()), ("type", pa.int8()), ("num_lidar_points_in_box", pa.int64()),
+                     ("num_top_lidar_points_in_box", pa.int64())]
+                  + _xyz("speed", pa.float64()) + _xyz("acceleration", pa.float64())
+                  + [("difficulty_level.detection", pa.int8()), ("difficulty_level.tracking", pa.int8())])
+    ),
+    "vehicle_pose": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64())]
+        + _fields("VehiclePoseComponent", [("world_from_vehicle.transform", TRANSFORM)])
+    ),
+    "stats": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64())]
+        + _fields("StatsComponent", [("time_of_day", pa.string()), ("location", pa.string()), ("weather", pa.string()),
+                                     ("lidar_object_counts.types", pa.list_(pa.int8())),
+                                     ("lidar_object_counts.counts", pa.list_(pa.int32())),
+                                     ("camera_object_counts.types", pa.list_(pa.int8())),
+                                     ("camera_object_counts.counts", pa.list_(pa.int32()))])
+    ),
+}
+
+
+def waymo_type(class_name: str, attribute: str) -> int | None:
+    """Waymo's label type for one of our actors, or None where Waymo labels nothing (cones,
+    barriers, bicycles without a rider)."""
+    if class_name in ("car", "truck", "bus", "trailer", "construction_vehicle", "motorcycle"):
+        return TYPE_VEHICLE
+    if class_name == "pedestrian":
+        return TYPE_PEDESTRIAN
+    if class_name == "bicycle" and attribute == "cycle.with_rider":
+        return TYPE_CYCLIST
+    return None
+
+
+def segment_name(seed: int, index: int) -> str:
+    digits = str(int(hashlib.md5(f"{seed}/segment/{index}".encode()).hexdigest(), 16))[:20]
+    start = 100 + 20 * index
+    return f"{digits}_{start:04d}_000_{start + 20:04d}_000"
+
+
+def _flat(transform: np.ndarray) -> list[float]:
+    return np.asarray(transform, np.float64).reshape(16).tolist()
+
+
+def _render_frame(args):
+    """Simulate one frame (5 cameras and the TOP LiDAR). Runs in a worker."""
+    scene, rig, frame_index, seed = args
+    t = scene.keyframe_times[frame_index]
+    cameras = []
+    for camera in rig.cameras:
+        camera_time = t + camera.time_offset
+        global_from_ego = scene.global_from_ego(camera_time)
+        image, _, _ = render_camera(scene.world_at(camera_time), global_from_ego @ camera.ego_from_camera,
+                                    camera.intrinsics, camera.width, camera.height)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        cameras.append((camera.name, camera_time, buffer.getvalue()))
+    rng = np.random.default_rng([seed, scene.index, frame_index, 11])
+    scan, inside = cast_lidar_settled(scene, rig.lidar, t, rng)
+    return cameras, scan.range, scan.intensity, inside
+
+
+def _ego_motion(scene: Scene, t: float, dt: float = 0.01):
+    """World-frame linear (3,) and angular (3,) velocity of the ego."""
+    xy, yaw, velocity = scene.ego.state(np.array([t - dt, t + dt]))
+    yaw_rate = wrap_angle(yaw[1] - yaw[0]) / (2 * dt)
+    return np.array([*velocity.mean(0), 0.0]), np.array([0.0, 0.0, yaw_rate])
+
+
+def write_waymo(
+    root: str,
+    num_segments: int = 4,
+    frames_per_segment: int = 20,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Simulate ``num_segments`` segments of ``frames_per_segment`` frames (10 Hz) and write them
+    under ``root`` as Waymo v2 parquet. The first two segments go to ``validation``, the rest to
+    ``training``. Returns a summary of what was written."""
+    segments = []
+    for index in range(num_segments):
+        rig = waymo_rig(np.random.default_rng([seed, index, 13]))
+        keyframe_times = np.arange(frames_per_segment) * FRAME_INTERVAL
+        scene = simulate_scene(index, seed, location_grid(seed, LOCATION), keyframe_times, 0.0, visibility_rig=rig)
+        split = "validation" if index < 2 else "training"
+        segments.append((scene, rig, split, segment_name(seed, index)))
+
+    jobs = [(scene, rig, k, seed) for scene, rig, _, _ in segments for k in range(frames_per_segment)]
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        frames = pool.map(_render_frame, jobs)
+    else:
+        pool, frames = None, map(_render_frame, jobs)
+    frames = iter(tqdm(frames, total=len(jobs), desc="rendering segments", disable=not progress))
+    num_boxes = 0
+    try:
+        for scene, rig, split, name in segments:
+            segment_frames = [next(frames) for _ in range(frames_per_segment)]
+            num_boxes += _write_segment(root, split, name, scene, rig, segment_frames)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return {
+        "segments": num_segments,
+        "frames": num_segments * frames_per_segment,
+        "splits": {s: sum(1 for seg in segments if seg[2] == s) for s in ("training", "validation")},
+        "boxes": num_boxes,
+    }
+
+
+def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> int:
+    start_us = 1_550_083_467_346_370 + scene.index * 100_000_000
+    stamps = [start_us + int(round(t * 1e6)) for t in scene.keyframe_times]
+    rows: dict[str, list[dict]] = {component: [] for component in SCHEMAS}
+
+    ego_from_waymo = {c.name: c.ego_from_camera @ np.linalg.inv(OPENCV_FROM_WAYMO_CAMERA) for c in rig.cameras}
+    for camera in rig.cameras:
+        k = camera.intrinsics
+        rows["camera_calibration"].append({
+            KEY_SEGMENT: name, KEY_CAMERA: CAMERA_NAMES[camera.name],
+            **{f"[CameraCalibrationComponent].intrinsic.{key}": float(value) for key, value in
+               zip(("f_u", "f_v", "c_u", "c_v"), (k[0, 0], k[1, 1], k[0, 2], k[1, 2]))},
+            **{f"[CameraCalibrationComponent].intrinsic.{key}": 0.0 for key in ("k1", "k2", "p1", "p2", "k3")},
+            "[CameraCalibrationComponent].extrinsic.transform": _flat(ego_from_waymo[camera.name]),
+            "[CameraCalibrationComponent].width": camera.width, "[CameraCalibrationComponent].height": camera.height,
+            "[CameraCalibrationComponent].rolling_shutter_direction": GLOBAL_SHUTTER,
+        })
+    inclinations = rig.lidar.elevations[::-1]  # stored ascending
+    rows["lidar_calibration"].append({
+        KEY_SEGMENT: name, KEY_LASER: LASER_NAMES[rig.lidar.name],
+        "[LiDARCalibrationComponent].extrinsic.transform": _flat(rig.lidar.ego_from_lidar),
+        "[LiDARCalibrationComponent].beam_inclination.min": float(inclinations[0]),
+        "[LiDARCalibrationComponent].beam_inclination.max": float(inclinations[-1]),
+        "[LiDARCalibrationComponent].beam_inclination.values": inclinations.tolist(),
+    })
+
+    object_ids = {a.instance: hashlib.md5(f"{name}/{a.instance}".encode()).hexdigest()[:22] for a in scene.actors}
+    lidar_counts: dict[int, set] = {}
+    for t, stamp, (cameras, ranges, intensity, inside) in zip(scene.keyframe_times, stamps, frames):
+        global_from_ego = scene.global_from_ego(t)
+        rows["vehicle_pose"].append({KEY_SEGMENT: name, KEY_TIMESTAMP: stamp,
+                                     "[VehiclePoseComponent].world_from_vehicle.transform": _flat(global_from_ego)})
+        for camera_name, camera_time, jpeg in cameras:
+            linear, angular = _ego_motion(scene, camera_time)
+            pose_seconds = stamp * 1e-6 + (camera_time - t)
+            rows["camera_image"].append({
+                KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, KEY_CAMERA: CAMERA_NAMES[camera_name],
+                "[CameraImageComponent].image": jpeg,
+                "[CameraImageComponent].pose.transform": _flat(scene.global_from_ego(camera_time)),
+                **{f"[CameraImageComponent].velocity.linear_velocity.{a}": float(v) for a, v in zip("xyz", linear)},
+                **{f"[CameraImageComponent].velocity.angular_velocity.{a}": float(v) for a, v in zip("xyz", angular)},
+                "[CameraImageComponent].pose_timestamp": pose_seconds,
+                "[CameraImageComponent].rolling_shutter_params.shutter": 0.0,
+                "[CameraImageComponent].rolling_shutter_params.camera_trigger_time": pose_seconds,
+                "[CameraImageComponent].rolling_shutter_params.camera_readout_done_time": pose_seconds,
+            })
+        image = np.stack([np.where(ranges > 0, ranges, -1.0), intensity / 255.0, np.zeros_like(ranges),
+                          np.full_like(ranges, -1.0)], axis=-1).astype(np.float32)
+        empty = np.full_like(image, -1.0)
+        rows["lidar"].append({
+            KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, KEY_LASER: LASER_NAMES[rig.lidar.name],
+            "[LiDARComponent].range_image_return1.values": image.ravel(),
+            "[LiDARComponent].range_image_return1.shape": list(image.shape),
+            "[LiDARComponent].range_image_return2.values": empty.ravel(),
+            "[LiDARComponent].range_image_return2.shape": list(empty.shape),
+        })
+
+        ego_from_global = invert_rigid(global_from_ego)
+        ego_yaw = np.arctan2(global_from_ego[1, 0], global_from_ego[0, 0])
+        boxes, velocities = scene.actor_boxes(t)
+        _, before = scene.actor_boxes(t - 0.05)
+        _, after = scene.actor_boxes(t + 0.05)
+        counts = np.bincount(inside[inside >= 0], minlength=len(scene.actors))
+        for actor_index, actor in enumerate(scene.actors):
+            label = waymo_type(actor.class_name, actor.attribute)
+            box = boxes[actor_index]
+            if label is None or counts[actor_index] == 0:
+                continue
+            if np.linalg.norm(box[:2] - global_from_ego[:2, 3]) > LABEL_RANGE:
+                continue
+            center = ego_from_global[:3, :3] @ box[:3] + ego_from_global[:3, 3]
+            speed = ego_from_global[:3, :2] @ velocities[actor_index]
+            acceleration = ego_from_global[:3, :2] @ ((after[actor_index] - before[actor_index]) / 0.1)
+            level = 2 if counts[actor_index] <= 5 else 1
+            rows["lidar_box"].append({
+                KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, KEY_OBJECT: object_ids[actor.instance],
+                **{f"[LiDARBoxComponent].box.center.{a}": float(v) for a, v in zip("xyz", center)},
+                **{f"[LiDARBoxComponent].box.size.{a}": float(v) for a, v in zip("xyz", box[3:6])},
+                "[LiDARBoxComponent].box.heading": float(wrap_angle(box[6] - ego_yaw)),
+                "[LiDARBoxComponent].type": label,
+                "[LiDARBoxComponent].num_lidar_points_in_box": int(counts[actor_index]),
+                "[LiDARBoxComponent].num_top_lidar_points_in_box": int(counts[actor_index]),
+                **{f"[LiDARBoxComponent].speed.{a}": float(v) for a, v in zip("xyz", speed)},
+                **{f"[LiDARBoxComponent].acceleration.{a}": float(v) for a, v in zip("xyz", acceleration)},
+                "[LiDARBoxComponent].difficulty_level.detection": level,
+                "[LiDARBoxComponent].difficulty_level.tracking": level,
+            })
+            lidar_counts.setdefault(label, set()).add(actor.instance)
+
+    types = sorted(lidar_counts)
+    for stamp in stamps:
+        rows["stats"].append({
+            KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, "[StatsComponent].time_of_day": "Day",
+            "[StatsComponent].location": "location_other", "[StatsComponent].weather": "sunny",
+            "[StatsComponent].lidar_object_counts.types": types or None,
+            "[StatsComponent].lidar_object_counts.counts": [len(lidar_counts[t]) for t in types] or None,
+            "[StatsComponent].camera_object_counts.types": None,
+            "[StatsComponent].camera_object_counts.counts": None,
+        })
+
+    for component, records in rows.items():
+        schema = SCHEMAS[component]
+        table = pa.Table.from_pydict({f.name: [r[f.name] for r in records] for f in schema}, schema=schema)
+        folder = os.path.join(root, split, component)
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(table, os.path.join(folder, f"{name}.parquet"), compression="brotli",
+                       use_compliant_nested_type=False)
+    return len(rows["lidar_box"])
