@@ -206,15 +206,18 @@ class Trajectory:
 
     @classmethod
     def from_points(cls, xy: np.ndarray, speed: float, t0: float) -> "Trajectory":
-        """Headings follow the polyline's segments."""
+        """Headings are the polyline's tangents (the mean direction of the segments at a vertex)."""
+        xy = xy[np.concatenate([[True], np.linalg.norm(np.diff(xy, axis=0), axis=1) > 1e-9])]  # no repeats
         steps = np.diff(xy, axis=0)
-        yaw = np.unwrap(np.arctan2(steps[:, 1], steps[:, 0]))
-        yaw = np.concatenate([yaw, yaw[-1:]])
+        segment_yaw = np.unwrap(np.arctan2(steps[:, 1], steps[:, 0]))
+        yaw = np.concatenate([segment_yaw[:1], 0.5 * (segment_yaw[1:] + segment_yaw[:-1]), segment_yaw[-1:]])
         s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(steps, axis=1))])
         return cls(xy, yaw, s, speed, t0)
 
     def state(self, t: np.ndarray | float):
-        """Position (..., 2), yaw (...) and velocity (..., 2) at times ``t`` (seconds)."""
+        """Position (..., 2), yaw (...) and velocity (..., 2) at times ``t`` (seconds). The velocity
+        is the exact derivative of the position (along the current segment); the yaw follows the
+        smooth tangent."""
         t = np.asarray(t, np.float64)
         s = self.speed * (t - self.t0)
         yaw = np.interp(s, self.s, self.yaw)
@@ -224,8 +227,15 @@ class Trajectory:
             if np.any(outside):
                 extra = (s - self.s[anchor])[..., None] * np.array([np.cos(heading), np.sin(heading)])
                 xy = np.where(outside[..., None], self.xy[anchor] + extra, xy)
-        velocity = self.speed * np.stack([np.cos(yaw), np.sin(yaw)], -1)
-        return xy, wrap_angle(yaw), velocity
+        if len(self.s) > 1:
+            segment = np.clip(np.searchsorted(self.s, s, side="right") - 1, 0, len(self.s) - 2)
+            direction = self.xy[segment + 1] - self.xy[segment]
+            direction = direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+            ends = np.stack([np.cos(self.yaw[[0, -1]]), np.sin(self.yaw[[0, -1]])], -1)
+            direction = np.where(before[..., None], ends[0], np.where(after[..., None], ends[1], direction))
+        else:
+            direction = np.stack([np.cos(yaw), np.sin(yaw)], -1)
+        return xy, wrap_angle(yaw), self.speed * direction
 
 
 def _axis_heading(axis: int, sign: int) -> np.ndarray:

@@ -203,7 +203,7 @@ def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> i
     stamps = [start_us + int(round(t * 1e6)) for t in scene.keyframe_times]
     rows: dict[str, list[dict]] = {component: [] for component in SCHEMAS}
 
-    ego_from_waymo = {c.name: c.ego_from_camera @ np.linalg.inv(OPENCV_FROM_WAYMO_CAMERA) for c in rig.cameras}
+    ego_from_waymo = {c.name: c.ego_from_camera @ OPENCV_FROM_WAYMO_CAMERA for c in rig.cameras}
     for camera in rig.cameras:
         k = camera.intrinsics
         rows["camera_calibration"].append({

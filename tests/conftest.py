@@ -1,0 +1,34 @@
+"""Shared fixtures: small synthetic worlds, written once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from geomim_hf.data.nuscenes_format import write_nuscenes
+from geomim_hf.data.waymo_format import write_waymo
+
+# Three scenes: the two of mini_val (every class is guaranteed in each) and one of mini_train.
+NUSCENES_WORLD = dict(num_scenes=3, samples_per_scene=3, seed=0, version="v1.0-mini", camera_sweeps=1,
+                      lidar_sweeps=2)
+WAYMO_WORLD = dict(num_segments=2, frames_per_segment=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def nuscenes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nuscenes")
+    write_nuscenes(str(root), workers=2, progress=False, **NUSCENES_WORLD)
+    return root
+
+
+@pytest.fixture(scope="session")
+def nusc(nuscenes_root):
+    from nuscenes import NuScenes
+
+    return NuScenes(version="v1.0-mini", dataroot=str(nuscenes_root), verbose=False)
+
+
+@pytest.fixture(scope="session")
+def waymo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("waymo")
+    write_waymo(str(root), workers=2, progress=False, **WAYMO_WORLD)
+    return root
