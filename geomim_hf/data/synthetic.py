@@ -20,7 +20,7 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -346,7 +346,6 @@ class Scene:
     keyframe_times: np.ndarray  # (K,)
     start_time: float  # earliest sensor time (sweeps before the first keyframe)
     attempts: int = 1
-    extras: dict = field(default_factory=dict)
 
     def global_from_ego(self, t: float) -> np.ndarray:
         """Ego frame: origin at the rear axle on the ground, x forward, y left, z up."""
@@ -453,7 +452,7 @@ class _SceneBuilder:
         center[1 - axis] -= across
         return axis, center
 
-    def lane_offset(self, sign: int, lane: int) -> float:
+    def lane_offset(self, lane: int) -> float:
         """Lateral offset (along the heading's left normal) of a lane's centre."""
         offset = (lane + 0.5) * self.grid.lane_width
         return offset if self.grid.drive_left else -offset
@@ -492,7 +491,7 @@ class _SceneBuilder:
                 lateral = self.curb_offset(0.5 * size[1] + 0.25)
                 return Trajectory.stationary(*(center + lateral * left), yaw, t0), size, f"vehicle.{mode}"
             lane = int(rng.integers(grid.lanes))
-            lateral = self.lane_offset(sign, lane)
+            lateral = self.lane_offset(lane)
             start = center + lateral * left
             if mode == "stopped":
                 return Trajectory.stationary(*start, yaw, t0), size, "vehicle.stopped"
@@ -506,7 +505,7 @@ class _SceneBuilder:
         if spec.kind == KIND_CYCLE:
             if roll < 0.5:  # ridden along the outer lane's edge
                 size[2] += 0.4  # the rider is inside the box
-                lateral = self.lane_offset(sign, grid.lanes - 1)
+                lateral = self.lane_offset(grid.lanes - 1)
                 if class_name == "bicycle":
                     lateral += 0.9 * (1.0 if lateral > 0 else -1.0)
                 speed = float(rng.uniform(2.5, 6.0) if class_name == "bicycle" else rng.uniform(5.0, 11.0))
@@ -630,12 +629,16 @@ def _draw_scene(index, seed, grid, keyframe_times, pre_roll, rng, required_class
     axis, sign = int(rng.integers(2)), int(rng.choice([-1, 1]))
     lane = int(rng.integers(grid.lanes))
     lateral = (lane + 0.5) * grid.lane_width * (1 if grid.drive_left else -1)
-    block_index = rng.integers(1, 4, size=2)
+    # Far enough from the global origin that everything stays at positive coordinates, where the
+    # devkit's map masks live, even if the ego drives towards the origin all scene long.
+    max_travel = 11.0 * (times[-1] - times[0]) + 5.0
+    first_block = int(np.ceil((max_travel + 150.0) / grid.block))
+    block_index = first_block + rng.integers(0, 3, size=2)
     start = np.asarray(grid.origin) + block_index * grid.block
     start[axis] += rng.uniform(grid.half_width + 4.0, grid.block - grid.half_width - 4.0)
     left = np.array([-_axis_heading(axis, sign)[1], _axis_heading(axis, sign)[0]])
     start = start + lateral * left
-    speed = 0.0 if rng.uniform() < 0.1 else float(rng.uniform(4.0, 11.0))
+    speed = 0.0 if rng.uniform() < 0.1 else float(rng.uniform(4.0, 11.0))  # max_travel assumes <= 11
     turns = [int(t) for t in rng.choice([0, 0, 1, -1], size=8)]
     path = lane_path(grid, start, axis, sign, lateral, max(speed * (times[-1] - times[0]) + 5.0, 5.0), turns)
     ego = Trajectory.from_points(path, speed, times[0])
