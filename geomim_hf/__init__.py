@@ -1,3 +1,16 @@
-"""geomim-hf: GeoMIM pretraining and BEV perception with a Hugging Face interface."""
+"""geomim-hf: GeoMIM pretraining and BEV perception with a Hugging Face interface.
+
+Importing the package registers ``geomim`` with the transformers Auto classes.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor
+
+from .configuration_geomim import PRESETS, GeoMIMConfig
+from .image_processing_geomim import GeoMIMImageProcessor
 
 __version__ = "0.1.0.dev0"
+
+AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig, exist_ok=True)
+AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor, "torchvision": GeoMIMImageProcessor}, exist_ok=True)
+
+__all__ = ["PRESETS", "GeoMIMConfig", "GeoMIMImageProcessor", "__version__"]

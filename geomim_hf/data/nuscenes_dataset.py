@@ -22,6 +22,7 @@ from .geometry import invert_rigid, make_transform, quaternion_to_matrix, transf
 from .records import (
     ATTRIBUTE_NAMES,
     SampleError,
+    build_split,
     check_file,
     check_image,
     check_matrix,
@@ -269,6 +270,5 @@ def load_nuscenes(
         classes=tuple(classes), cameras=tuple(cameras), on_error=on_error,
         fingerprint=_tables_fingerprint(dataroot, version),
     )
-    builder.download_and_prepare()
-    dataset = builder.as_dataset(split=split)
+    dataset = build_split(builder, split)
     return with_lidar_points(dataset) if decode_lidar else dataset

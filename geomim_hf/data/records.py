@@ -142,6 +142,18 @@ def decode_batch(batch: dict) -> dict:
     return batch
 
 
+def build_split(builder: datasets.DatasetBuilder, split: str) -> datasets.Dataset:
+    """Prepare (or reuse from the Arrow cache) one split; a bad input surfaces as its own error
+    rather than as 🤗 Datasets' generic ``DatasetGenerationError``."""
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, (SampleError, ValueError, OSError)):
+            raise error.__cause__ from None
+        raise
+    return builder.as_dataset(split=split)
+
+
 def with_lidar_points(dataset: datasets.Dataset) -> datasets.Dataset:
     """Attach :func:`decode_batch`, so rows carry NumPy matrices and ``lidar_points``."""
     return dataset.with_transform(decode_batch)

@@ -1,0 +1,95 @@
+"""From a 🤗 Dataset of sample-contract rows to batches of tensors: a ``torch.utils.data.Dataset``
+that runs the image processor, and a collate function that pads boxes and points with masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "depth_maps",
+              "ego_from_lidar", "global_from_ego")
+
+
+class GeoMIMDataset(torch.utils.data.Dataset):
+    """Processed samples for training or evaluation.
+
+    Args:
+        dataset: rows of the sample contract with ``lidar_points`` (``load_nuscenes``/``load_waymo``).
+        processor: a :class:`~geomim_hf.GeoMIMImageProcessor`.
+        training: draw the image and BEV augmentations.
+        seed: augmentations depend only on ``(seed, epoch, index)``, so any number of workers gives
+            the same batches; call :meth:`set_epoch` between epochs.
+        return_depth: add LiDAR ``depth_maps`` at the processor's ``depth_stride``.
+        with_targets: add boxes, velocities, labels, attributes and the LiDAR points.
+    """
+
+    def __init__(self, dataset, processor, training: bool = False, seed: int = 0, return_depth: bool = False,
+                 with_targets: bool = True):
+        self.dataset, self.processor, self.training = dataset, processor, training
+        self.seed, self.epoch = seed, 0
+        self.return_depth, self.with_targets = return_depth, with_targets
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        needs_points = self.with_targets or self.return_depth
+        processed = self.processor(
+            row["images"], row["intrinsics"], row["ego_from_camera"], training=self.training, generator=rng,
+            boxes=row["boxes"] if self.with_targets else None,
+            velocities=row["velocities"] if self.with_targets else None,
+            lidar_points=row["lidar_points"] if needs_points else None,
+            ego_from_lidar=row["ego_from_lidar"] if needs_points else None,
+            return_depth=self.return_depth,
+        )
+        sample = {key: value[0] for key, value in processed.items()}  # drop the batch dim of one sample
+        sample["ego_from_lidar"] = torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32)
+        sample["global_from_ego"] = torch.as_tensor(np.asarray(row["global_from_ego"]), dtype=torch.float64)
+        sample["sample_token"] = row["sample_token"]
+        if self.with_targets:
+            sample["labels"] = torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long)
+            sample["attributes"] = torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long)
+        return sample
+
+
+def _pad(tensors: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length (L_i, ...) tensors into (B, max L, ...) and a (B, max L) validity mask."""
+    longest = max((len(t) for t in tensors), default=0)
+    padded = tensors[0].new_full((len(tensors), longest, *tensors[0].shape[1:]), fill)
+    mask = torch.zeros(len(tensors), longest, dtype=torch.bool)
+    for index, tensor in enumerate(tensors):
+        padded[index, : len(tensor)] = tensor
+        mask[index, : len(tensor)] = True
+    return padded, mask
+
+
+def collate_geomim(samples: list[dict]) -> dict:
+    """Stack fixed-size tensors; pad boxes (with ``box_mask``) and points (with ``point_mask``).
+
+    Padded labels and attributes are -1."""
+    batch = {key: torch.stack([s[key] for s in samples]) for key in FIXED_KEYS if key in samples[0]}
+    batch["sample_token"] = [s["sample_token"] for s in samples]
+    if "boxes" in samples[0]:
+        batch["boxes"], batch["box_mask"] = _pad([s["boxes"] for s in samples])
+        batch["velocities"], _ = _pad([s["velocities"] for s in samples])
+        batch["labels"], _ = _pad([s["labels"] for s in samples], fill=-1)
+        batch["attributes"], _ = _pad([s["attributes"] for s in samples], fill=-1)
+    if "lidar_points" in samples[0]:
+        batch["lidar_points"], batch["point_mask"] = _pad([s["lidar_points"] for s in samples])
+    return batch
+
+
+def make_dataloader(dataset, processor, batch_size: int, training: bool = False, num_workers: int = 0,
+                    seed: int = 0, return_depth: bool = False, with_targets: bool = True, **kwargs) -> DataLoader:
+    """A ``DataLoader`` over processed samples; shuffles when training (seeded)."""
+    processed = GeoMIMDataset(dataset, processor, training=training, seed=seed, return_depth=return_depth,
+                              with_targets=with_targets)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(processed, batch_size=batch_size, shuffle=training, num_workers=num_workers,
+                      collate_fn=collate_geomim, generator=generator, persistent_workers=num_workers > 0, **kwargs)

@@ -1,0 +1,253 @@
+"""GeoMIMImageProcessor: multi-view resize, crop, flip and rotate with exact geometry.
+
+Every image augmentation is an affine map of pixel coordinates, returned as ``post_transform``
+(3x3, original pixels to processed pixels, pixel (i, j) centred at (i, j)), so a 3D point
+projects into the processed view at ``post_transform @ intrinsics @ point_camera``. The BEV
+augmentation (rotate, scale, mirror the ego frame) is returned as ``bev_transform`` (4x4,
+ego to augmented ego); boxes, velocities and points come back in the augmented frame while the
+camera geometry stays as measured, as BEVDet/BEVDepth apply it inside the view transformer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .data.targets import augment_boxes, augment_points, bev_augmentation_matrix, depth_maps
+
+
+def _as_rng(generator) -> np.random.Generator:
+    if isinstance(generator, np.random.Generator):
+        return generator
+    return np.random.default_rng(generator)
+
+
+class GeoMIMImageProcessor(BaseImageProcessor):
+    r"""
+    Args:
+        image_size (`tuple[int, int]`, defaults to `(256, 704)`): processed (height, width).
+        resize_range (`tuple[float, float]`, defaults to `(0.864, 1.25)`): training scale, relative to
+            the scale that fits the image width (nuScenes: 0.44 x this = the official U(0.38, 0.55)).
+        test_resize (`float`, defaults to 1.0): evaluation scale relative to fitting the width.
+        crop_height_range (`tuple[float, float]`, defaults to `(0.0, 0.0)`): in training, the share of
+            the resized height kept below the crop (BEVDet's ``crop_h``); 0 crops from the bottom.
+        test_crop (`str`, defaults to `"bottom"`): `"bottom"` or `"center"` crop at evaluation.
+        rotate_range (`tuple[float, float]`, defaults to `(-5.4, 5.4)`): training rotation, degrees.
+        flip_probability (`float`, defaults to 0.5): training horizontal flip.
+        bev_rotate_range (`tuple[float, float]`, defaults to `(-22.5, 22.5)`): BEV rotation, degrees.
+        bev_scale_range (`tuple[float, float]`, defaults to `(0.95, 1.05)`): BEV scale.
+        bev_flip_probability (`float`, defaults to 0.5): probability of each BEV mirror (x and y).
+        depth_stride (`int`, defaults to 16): block size of the depth targets.
+        image_mean, image_std (`tuple[float, float, float]`): normalisation (ImageNet's).
+    """
+
+    model_input_names = ["pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform"]
+
+    def __init__(
+        self,
+        image_size: Sequence[int] = (256, 704),
+        resize_range: Sequence[float] = (0.864, 1.25),
+        test_resize: float = 1.0,
+        crop_height_range: Sequence[float] = (0.0, 0.0),
+        test_crop: str = "bottom",
+        rotate_range: Sequence[float] = (-5.4, 5.4),
+        flip_probability: float = 0.5,
+        bev_rotate_range: Sequence[float] = (-22.5, 22.5),
+        bev_scale_range: Sequence[float] = (0.95, 1.05),
+        bev_flip_probability: float = 0.5,
+        depth_stride: int = 16,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if test_crop not in ("bottom", "center"):
+            raise ValueError(f"test_crop must be 'bottom' or 'center', got {test_crop!r}")
+        self.image_size = [int(v) for v in image_size]
+        self.resize_range = [float(v) for v in resize_range]
+        self.test_resize = float(test_resize)
+        self.crop_height_range = [float(v) for v in crop_height_range]
+        self.test_crop = test_crop
+        self.rotate_range = [float(v) for v in rotate_range]
+        self.flip_probability = float(flip_probability)
+        self.bev_rotate_range = [float(v) for v in bev_rotate_range]
+        self.bev_scale_range = [float(v) for v in bev_scale_range]
+        self.bev_flip_probability = float(bev_flip_probability)
+        self.depth_stride = int(depth_stride)
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+
+    # Geometry ------------------------------------------------------------------------------------
+
+    def sample_view_augmentation(self, width: int, height: int, training: bool, rng: np.random.Generator):
+        """Resize size, crop offset, flip and rotation (degrees) for one view."""
+        out_height, out_width = self.image_size
+        fit = out_width / width
+        scale = fit * (rng.uniform(*self.resize_range) if training else self.test_resize)
+        new_width, new_height = max(int(round(width * scale)), 1), max(int(round(height * scale)), 1)
+        if training:
+            crop_x = int(rng.integers(0, max(new_width - out_width, 0) + 1))
+            crop_y = int((1 - rng.uniform(*self.crop_height_range)) * new_height) - out_height
+            flip = bool(rng.uniform() < self.flip_probability)
+            rotation = float(rng.uniform(*self.rotate_range))
+        else:
+            crop_x = (new_width - out_width) // 2
+            crop_y = new_height - out_height if self.test_crop == "bottom" else (new_height - out_height) // 2
+            flip, rotation = False, 0.0
+        return (new_width, new_height), (crop_x, crop_y), flip, rotation
+
+    def post_transform_matrix(self, width, height, resized, crop, flip, rotation) -> np.ndarray:
+        """3x3 map from original to processed pixel coordinates (pixel centres at integers)."""
+        out_height, out_width = self.image_size
+        scale_x, scale_y = resized[0] / width, resized[1] / height
+        # Resampling keeps pixel areas aligned: x_resized = s (x + 1/2) - 1/2.
+        matrix = np.array([[scale_x, 0.0, 0.5 * scale_x - 0.5], [0.0, scale_y, 0.5 * scale_y - 0.5], [0, 0, 1.0]])
+        matrix = np.array([[1.0, 0.0, -crop[0]], [0.0, 1.0, -crop[1]], [0, 0, 1.0]]) @ matrix
+        if flip:
+            matrix = np.array([[-1.0, 0.0, out_width - 1.0], [0.0, 1.0, 0.0], [0, 0, 1.0]]) @ matrix
+        if rotation:
+            # Counter-clockwise on screen (y points down) about the image centre.
+            theta = np.deg2rad(rotation)
+            center = np.array([(out_width - 1) / 2, (out_height - 1) / 2])
+            turn = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+            rotate = np.eye(3)
+            rotate[:2, :2] = turn
+            rotate[:2, 2] = center - turn @ center
+            matrix = rotate @ matrix
+        return matrix
+
+    def augment_view(self, image: Image.Image, training: bool, rng: np.random.Generator):
+        """Processed image (H, W, 3) uint8 and its post_transform (3, 3)."""
+        image = image.convert("RGB")
+        width, height = image.size
+        resized, crop, flip, rotation = self.sample_view_augmentation(width, height, training, rng)
+        post_transform = self.post_transform_matrix(width, height, resized, crop, flip, rotation)
+        # Antialiased resize first, then crop, flip and rotate as one affine warp (no second rescale).
+        resized_image = image.resize(resized, Image.BILINEAR)
+        resize_matrix = self.post_transform_matrix(width, height, resized, (0, 0), False, 0.0)
+        out_from_resized = post_transform @ np.linalg.inv(resize_matrix)
+        # PIL samples the input at (a x + b y + c, d x + e y + f) with pixel centres at +0.5.
+        half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0, 0, 1.0]])
+        resized_from_out_pil = half @ np.linalg.inv(out_from_resized) @ np.linalg.inv(half)
+        out_height, out_width = self.image_size
+        warped = resized_image.transform((out_width, out_height), Image.AFFINE, resized_from_out_pil[:2].ravel(),
+                                         resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+        return np.asarray(warped), post_transform
+
+    # Call ----------------------------------------------------------------------------------------
+
+    def preprocess(
+        self,
+        images,
+        intrinsics,
+        ego_from_camera,
+        *,
+        training: bool = False,
+        generator=None,
+        boxes=None,
+        velocities=None,
+        lidar_points=None,
+        ego_from_lidar=None,
+        bev_augment: bool | None = None,
+        return_depth: bool = False,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Process one sample (``images`` a list of N PIL images) or a batch (a list of such lists).
+
+        Args:
+            intrinsics: (N, 3, 3) or (B, N, 3, 3). ego_from_camera: (N, 4, 4) or (B, N, 4, 4).
+            training: draw the random augmentations; otherwise resize and crop deterministically.
+            generator: a ``numpy.random.Generator`` or seed for the augmentations.
+            boxes (K, 7), velocities (K, 2), lidar_points (M, C), ego_from_lidar (4, 4): optional
+                targets (per sample, lists for a batch), moved by the BEV augmentation.
+            bev_augment: apply the BEV augmentation (defaults to ``training``).
+            return_depth: add ``depth_maps`` (B, N, H / depth_stride, W / depth_stride) from
+                ``lidar_points`` through the image augmentation (before the BEV augmentation).
+
+        Returns a ``BatchFeature`` with ``pixel_values`` (B, N, 3, H, W), ``intrinsics``,
+        ``ego_from_camera``, ``post_transform`` (B, N, 3, 3), ``bev_transform`` (B, 4, 4) and, when
+        given, ``boxes``, ``velocities``, ``lidar_points`` as lists of per-sample tensors.
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        single = isinstance(images, Image.Image) or (len(images) > 0 and isinstance(images[0], Image.Image))
+        if isinstance(images, Image.Image):
+            images = [images]
+
+        def as_batch(value):
+            return None if value is None else ([value] if single else list(value))
+
+        batch_images = [images] if single else list(images)
+        batch_intrinsics = np.asarray(intrinsics, np.float64).reshape(len(batch_images), -1, 3, 3)
+        batch_ego_from_camera = np.asarray(ego_from_camera, np.float64).reshape(len(batch_images), -1, 4, 4)
+        boxes, velocities, lidar_points = as_batch(boxes), as_batch(velocities), as_batch(lidar_points)
+        ego_from_lidar = as_batch(ego_from_lidar)
+        if return_depth and (lidar_points is None or ego_from_lidar is None):
+            raise ValueError("return_depth=True needs lidar_points and ego_from_lidar")
+        if boxes is not None and velocities is None:
+            raise ValueError("boxes need their velocities (zeros if unknown) to be augmented together")
+        bev_augment = training if bev_augment is None else bev_augment
+        rng = _as_rng(generator)
+        mean = np.asarray(self.image_mean, np.float32)
+        std = np.asarray(self.image_std, np.float32)
+
+        outputs: dict[str, list] = {k: [] for k in ("pixel_values", "post_transform", "bev_transform", "depth_maps",
+                                                     "boxes", "velocities", "lidar_points")}
+        for index, views in enumerate(batch_images):
+            if len(views) != len(batch_intrinsics[index]) or len(views) != len(batch_ego_from_camera[index]):
+                raise ValueError(f"sample {index}: {len(views)} images but {len(batch_intrinsics[index])} intrinsics "
+                                 f"and {len(batch_ego_from_camera[index])} ego_from_camera")
+            pixels, posts = [], []
+            for view in views:
+                array, post = self.augment_view(view, training, rng)
+                pixels.append(((array.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
+                posts.append(post)
+            outputs["pixel_values"].append(np.stack(pixels))
+            outputs["post_transform"].append(np.stack(posts))
+            if return_depth:
+                outputs["depth_maps"].append(depth_maps(
+                    np.asarray(lidar_points[index]), np.asarray(ego_from_lidar[index], np.float64),
+                    batch_ego_from_camera[index], batch_intrinsics[index], outputs["post_transform"][-1],
+                    tuple(self.image_size), self.depth_stride))
+            augmented_from_ego = np.eye(4)
+            if bev_augment:
+                augmented_from_ego = bev_augmentation_matrix(
+                    np.deg2rad(rng.uniform(*self.bev_rotate_range)), rng.uniform(*self.bev_scale_range),
+                    bool(rng.uniform() < self.bev_flip_probability), bool(rng.uniform() < self.bev_flip_probability))
+            outputs["bev_transform"].append(augmented_from_ego)
+            if boxes is not None:
+                sample_boxes, sample_velocities = augment_boxes(boxes[index], velocities[index], augmented_from_ego)
+                outputs["boxes"].append(sample_boxes)
+                outputs["velocities"].append(sample_velocities)
+            if lidar_points is not None:
+                if ego_from_lidar is None:
+                    raise ValueError("lidar_points need ego_from_lidar to be moved by the BEV augmentation")
+                outputs["lidar_points"].append(augment_points(np.asarray(lidar_points[index]),
+                                                              np.asarray(ego_from_lidar[index]), augmented_from_ego))
+
+        data = {
+            "pixel_values": np.stack(outputs["pixel_values"]),
+            "intrinsics": batch_intrinsics.astype(np.float32),
+            "ego_from_camera": batch_ego_from_camera.astype(np.float32),
+            "post_transform": np.stack(outputs["post_transform"]).astype(np.float32),
+            "bev_transform": np.stack(outputs["bev_transform"]).astype(np.float32),
+        }
+        if return_depth:
+            data["depth_maps"] = np.stack(outputs["depth_maps"])
+        if return_tensors == "pt":
+            data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.items()}
+        elif return_tensors not in (None, "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        ragged = {k: outputs[k] for k in ("boxes", "velocities", "lidar_points") if outputs[k]}
+        if return_tensors == "pt":
+            ragged = {k: [torch.from_numpy(np.ascontiguousarray(v)) for v in values] for k, values in ragged.items()}
+        return BatchFeature(data={**data, **ragged})
+
+    def __call__(self, images, *args, **kwargs) -> BatchFeature:
+        return self.preprocess(images, *args, **kwargs)
