@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import geomim_hf  # noqa: F401  (registers the Auto classes)
+from geomim_hf import GeoMIMImageProcessor
+from geomim_hf.data import load_nuscenes
+from geomim_hf.data.geometry import invert_rigid, transform_points
+
+
+def _blob(width, height, center, sigma=10.0):
+    y, x = np.mgrid[0:height, 0:width]
+    value = np.exp(-((x - center[0]) ** 2 + (y - center[1]) ** 2) / (2 * sigma**2))
+    return Image.fromarray((np.stack([value] * 3, -1) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_post_transform_is_where_the_pixels_go(training):
+    """A blob at a known sub-pixel position: its centroid after processing is post_transform @ position."""
+    processor = GeoMIMImageProcessor()
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(12):
+        center = np.array([rng.uniform(300, 1300), rng.uniform(500, 850)])
+        output, post_transform = processor.augment_view(_blob(1600, 900, center), training, rng)
+        weight = output[..., 0].astype(np.float64)
+        weight[weight < 20] = 0
+        if weight.sum() < 1000:
+            continue  # rotated or cropped out of view
+        rows, columns = np.mgrid[0:output.shape[0], 0:output.shape[1]]
+        centroid = np.array([(weight * columns).sum(), (weight * rows).sum()]) / weight.sum()
+        errors.append(np.abs(centroid - (post_transform @ np.append(center, 1.0))[:2]).max())
+    assert len(errors) >= 8 and max(errors) < 0.06  # a half-pixel convention slip would show as ~0.3
+
+
+def test_augmented_views_see_3d_points_where_the_originals_do(nuscenes_root, tmp_path):
+    """Project box centres through the camera into the original and into the augmented image: the
+    colours agree."""
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", cache_dir=str(tmp_path), decode_lidar=False)
+    processor = GeoMIMImageProcessor()
+    mean, std = np.array(processor.image_mean), np.array(processor.image_std)
+    compared, differences = 0, []
+    for index in range(3):
+        row = rows.with_format("numpy")[index]
+        images = rows[index]["images"]
+        out = processor(images, row["intrinsics"], row["ego_from_camera"], training=True, generator=index,
+                        return_tensors="np")
+        for view in range(6):
+            original = np.asarray(images[view], np.float64) / 255
+            augmented = out["pixel_values"][0, view].transpose(1, 2, 0) * std + mean
+            camera_from_ego = invert_rigid(row["ego_from_camera"][view])
+            for box in row["boxes"]:
+                point = transform_points(camera_from_ego, box[None, :3].astype(np.float64))[0]
+                if point[2] < 3:
+                    continue
+                u0, v0 = (row["intrinsics"][view] @ point)[:2] / point[2]
+                u1, v1 = (out["post_transform"][0, view] @ row["intrinsics"][view] @ point)[:2] / point[2]
+                inside = (2 <= u0 < 1598 and 2 <= v0 < 898 and 2 <= u1 < 702 and 2 <= v1 < 254)
+                if not inside:
+                    continue
+                a = original[int(round(v0)) - 1:int(round(v0)) + 2, int(round(u0)) - 1:int(round(u0)) + 2].mean((0, 1))
+                b = augmented[int(round(v1)) - 1:int(round(v1)) + 2, int(round(u1)) - 1:int(round(u1)) + 2].mean((0, 1))
+                differences.append(np.abs(a - b).max())
+                compared += 1
+    assert compared > 30
+    assert np.median(differences) < 0.03 and np.mean(np.array(differences) < 0.1) > 0.9
+
+
+def test_outputs_shapes_and_determinism():
+    processor = GeoMIMImageProcessor(image_size=(64, 176))
+    views = [_blob(400, 225, (200, 150)) for _ in range(6)]
+    intrinsics = np.tile(np.array([[300.0, 0, 200], [0, 300.0, 112], [0, 0, 1]]), (6, 1, 1))
+    ego_from_camera = np.tile(np.eye(4), (6, 1, 1))
+    first = processor(views, intrinsics, ego_from_camera)
+    assert first["pixel_values"].shape == (1, 6, 3, 64, 176) and first["pixel_values"].dtype == torch.float32
+    assert first["post_transform"].shape == (1, 6, 3, 3) and torch.equal(first["bev_transform"][0], torch.eye(4))
+    again = processor([views, views], [intrinsics, intrinsics], [ego_from_camera, ego_from_camera])
+    assert torch.equal(again["pixel_values"][1], first["pixel_values"][0])  # evaluation is deterministic
+    a = processor(views, intrinsics, ego_from_camera, training=True, generator=3)
+    b = processor(views, intrinsics, ego_from_camera, training=True, generator=3)
+    c = processor(views, intrinsics, ego_from_camera, training=True, generator=4)
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and not torch.equal(a["pixel_values"], c["pixel_values"])
+    assert not torch.equal(a["bev_transform"][0], torch.eye(4))
+    with pytest.raises(ValueError, match="6 images but 5 intrinsics"):
+        processor(views, intrinsics[:5], ego_from_camera)
+    with pytest.raises(ValueError, match="return_depth=True needs lidar_points"):
+        processor(views, intrinsics, ego_from_camera, return_depth=True)
+
+
+def test_save_and_load_through_auto_image_processor(tmp_path):
+    processor = GeoMIMImageProcessor(image_size=(128, 352), rotate_range=(-3.0, 3.0), test_crop="center")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is GeoMIMImageProcessor
+    assert loaded.to_dict() == processor.to_dict()
+    with pytest.raises(ValueError, match="test_crop must be"):
+        GeoMIMImageProcessor(test_crop="top")
