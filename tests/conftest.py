@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on the CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from geomim_hf.data.nuscenes_format import write_nuscenes
 from geomim_hf.data.waymo_format import write_waymo

@@ -1,0 +1,5 @@
+"""Custom ops: a PyTorch reference everywhere and Triton kernels on CUDA."""
+
+from .bev_pool import BACKENDS, BevPoolIndices, bev_pool, pool_indices, resolve_backend
+
+__all__ = ["BACKENDS", "BevPoolIndices", "bev_pool", "pool_indices", "resolve_backend"]

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from geomim_hf.modeling.ops import bev_pool, pool_indices, resolve_backend
+
+BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 on the CPU (set in conftest)
+
+
+def _problem(dtype=torch.float64, seed=0, shape=(2, 3, 5, 4, 6), channels=7, grid=(8, 9)):
+    generator = torch.Generator().manual_seed(seed)
+    batch, views, bins, height, width = shape
+    depth = torch.rand(shape, generator=generator, dtype=dtype).requires_grad_()
+    context = torch.randn(batch, views, channels, height, width, generator=generator, dtype=dtype).requires_grad_()
+    cells = torch.randint(-1, grid[0] * grid[1], shape, generator=generator)  # -1: outside the grid
+    return depth, context, cells, grid
+
+
+def _loop(depth, context, cells, grid):
+    """Slow and obviously right."""
+    batch, views, bins, height, width = depth.shape
+    out = torch.zeros(batch, context.shape[2], grid[0] * grid[1], dtype=context.dtype)
+    for b in range(batch):
+        for n in range(views):
+            for d in range(bins):
+                for h in range(height):
+                    for w in range(width):
+                        cell = int(cells[b, n, d, h, w])
+                        if cell >= 0:
+                            out[b, :, cell] = out[b, :, cell] + depth[b, n, d, h, w] * context[b, n, :, h, w]
+    return out.reshape(batch, -1, *grid)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bev_pool_matches_loop_in_values_and_gradients(backend):
+    depth, context, cells, grid = _problem()
+    indices = pool_indices(cells, grid[0] * grid[1])
+    actual = bev_pool(depth, context, indices, grid, backend=backend)
+    expected = _loop(depth, context, cells, grid)
+    torch.testing.assert_close(actual, expected)
+    weights = torch.randn_like(expected)
+    grads = [torch.autograd.grad((t * weights).sum(), (depth, context)) for t in (actual, expected)]
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck(backend):
+    depth, context, cells, grid = _problem(shape=(1, 2, 3, 2, 3), channels=3, grid=(3, 3), seed=1)
+    indices = pool_indices(cells, 9)
+    assert torch.autograd.gradcheck(lambda d, c: bev_pool(d, c, indices, grid, backend=backend), (depth, context))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_accumulates_in_float32(backend):
+    depth, context, cells, grid = _problem(dtype=torch.float32, shape=(1, 6, 30, 4, 11), channels=16, grid=(16, 16))
+    cells = cells.clamp(max=3)  # many points per cell: where bf16 accumulation would drift
+    indices = pool_indices(cells, grid[0] * grid[1])
+    reference = bev_pool(depth, context, indices, grid, backend="torch")
+    half = bev_pool(depth.bfloat16(), context.bfloat16(), indices, grid, backend=backend)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference, atol=0.5, rtol=2e-2)
+
+
+def test_empty_grid_and_compile():
+    depth, context, cells, grid = _problem(dtype=torch.float32)
+    empty = pool_indices(torch.full_like(cells, -1), grid[0] * grid[1])
+    assert bev_pool(depth, context, empty, grid, backend="torch").abs().sum() == 0
+    indices = pool_indices(cells, grid[0] * grid[1])
+    compiled = torch.compile(lambda d, c: bev_pool(d, c, indices, grid, backend="torch"), backend="aot_eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(depth, context), bev_pool(depth, context, indices, grid, backend="torch"))
+
+
+def test_backend_resolution():
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("triton", torch.device("cpu")) == "triton"
+    with pytest.raises(ValueError, match="kernel backend must be one of"):
+        resolve_backend("cuda", torch.device("cpu"))
