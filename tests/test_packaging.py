@@ -18,7 +18,10 @@ def test_wheel_installs_modeling_under_geomim_hf(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(REPO)], check=True)
     (wheel,) = tmp_path.glob("geomim_hf-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "geomim_hf/modeling/__init__.py" in names
-    assert "geomim_hf/data/synthetic.py" in names
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # Every module of the source tree ships (a subpackage missing from setup.cfg would not).
+    expected = {f"geomim_hf/{p.relative_to(REPO / 'geomim_hf').as_posix()}" for p in (REPO / "geomim_hf").rglob("*.py")}
+    expected |= {f"geomim_hf/modeling/{p.relative_to(REPO / 'modeling').as_posix()}"
+                 for p in (REPO / "modeling").rglob("*.py")}
+    assert expected - names == set()
     assert not any(name.startswith("modeling/") for name in names)  # no bare top-level package
