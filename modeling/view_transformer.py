@@ -1,0 +1,173 @@
+"""Lift-Splat-Shoot: camera-aware depth, a frustum of points per feature pixel, BEV pooling.
+
+Frames: ``camera`` (x right, y down, z forward), ``ego`` (x forward, y left, z up), and the
+augmented ego frame ``bev_transform @ ego``. Pixels of a processed image relate to the original
+image by ``post_transform`` (pixel (i, j) centred at (i, j)). BEV tensors are (B, C, Y, X): cell
+``[iy, ix]`` covers ``x in [x_min + ix * res, x_min + (ix + 1) * res)`` and likewise for y.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import BevPoolIndices, bev_pool, pool_indices
+
+CAMERA_VECTOR_SIZE = 22
+
+
+def camera_vector(intrinsics: torch.Tensor, post_transform: torch.Tensor, ego_from_camera: torch.Tensor) -> torch.Tensor:
+    """The official 22 numbers per view: fx, fy, cx, cy; the image augmentation's 2x3 rows
+    (r00, r01, t0, r10, r11, t1); camera-to-ego 3x4 row-major. Inputs (B, N, ...); returns (B, N, 22)."""
+    k = intrinsics
+    return torch.cat([
+        torch.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1),
+        post_transform[..., :2, :3].flatten(-2),
+        ego_from_camera[..., :3, :4].flatten(-2),
+    ], -1)
+
+
+class CameraAwareGate(nn.Module):
+    """BEVDepth-style: camera vector -> BatchNorm1d -> MLP -> squeeze-excitation gate on features."""
+
+    def __init__(self, channels: int, hidden_size: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(CAMERA_VECTOR_SIZE)
+        self.mlp = nn.Sequential(nn.Linear(CAMERA_VECTOR_SIZE, hidden_size), nn.GELU(),
+                                 nn.Linear(hidden_size, channels))
+        self.reduce = nn.Linear(channels, channels)
+        self.expand = nn.Linear(channels, channels)
+
+    def forward(self, features: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+        """features: (B*N, ..., C) channels last; cameras: (B*N, 22). Returns features gated per channel."""
+        embedding = self.mlp(self.bn(cameras))  # (B*N, C)
+        gate = torch.sigmoid(self.expand(F.relu(self.reduce(embedding))))
+        return features * gate.view(gate.shape[0], *([1] * (features.ndim - 2)), gate.shape[1])
+
+
+class DepthNet(nn.Module):
+    """Two 3x3 conv-BN-ReLU and a 1x1 conv to depth logits and context channels (the official head)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, depth_bins: int, context_channels: int):
+        super().__init__()
+        self.depth_bins = depth_bins
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False), nn.BatchNorm2d(mid_channels), nn.ReLU(True),
+            nn.Conv2d(mid_channels, mid_channels, 3, padding=1, bias=False), nn.BatchNorm2d(mid_channels),
+            nn.ReLU(True), nn.Conv2d(mid_channels, depth_bins + context_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B*N, C_in, h, w). Returns depth logits (B*N, D, h, w) and context (B*N, C, h, w)."""
+        out = self.layers(x)
+        return out[:, : self.depth_bins], out[:, self.depth_bins:]
+
+
+class LiftSplat(nn.Module):
+    """Pool per-view depth distributions and context into a BEV grid.
+
+    Args:
+        image_size: (H, W) of the processed images; feature_stride: their stride to the features.
+        depth_bins: (start, stop, step) metres; bin k stands for depth ``start + (k + 1/2) step``.
+        bev_x_range, bev_y_range, bev_z_range: (min, max) metres of the grid (one z bin);
+        bev_resolution: metres per cell; kernel_backend: ``auto``, ``torch`` or ``triton``.
+    """
+
+    def __init__(self, image_size: tuple[int, int], feature_stride: int, depth_bins: tuple[float, float, float],
+                 bev_x_range: tuple[float, float], bev_y_range: tuple[float, float],
+                 bev_z_range: tuple[float, float], bev_resolution: float, kernel_backend: str = "auto",
+                 cache_size: int = 8):
+        super().__init__()
+        self.feature_size = (image_size[0] // feature_stride, image_size[1] // feature_stride)
+        self.feature_stride = feature_stride
+        start, stop, step = depth_bins
+        self.num_bins = int(round((stop - start) / step))
+        self.depth_values = [start + (k + 0.5) * step for k in range(self.num_bins)]
+        self.x_range, self.y_range, self.z_range = bev_x_range, bev_y_range, bev_z_range
+        self.resolution = bev_resolution
+        self.grid_size = (int(round((bev_y_range[1] - bev_y_range[0]) / bev_resolution)),
+                          int(round((bev_x_range[1] - bev_x_range[0]) / bev_resolution)))
+        self.kernel_backend = kernel_backend
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, BevPoolIndices] = OrderedDict()
+
+    def frustum(self, device, dtype=torch.float32) -> torch.Tensor:
+        """(D, h, w, 3) points (u, v, depth) at the centres of the feature cells, in processed-image pixels."""
+        height, width = self.feature_size
+        stride = self.feature_stride
+        v = torch.arange(height, device=device, dtype=dtype) * stride + (stride - 1) / 2
+        u = torch.arange(width, device=device, dtype=dtype) * stride + (stride - 1) / 2
+        d = torch.tensor(self.depth_values, device=device, dtype=dtype)
+        grid_d, grid_v, grid_u = torch.meshgrid(d, v, u, indexing="ij")
+        return torch.stack([grid_u, grid_v, grid_d], -1)
+
+    def points_ego(self, intrinsics, ego_from_camera, post_transform, bev_transform=None) -> torch.Tensor:
+        """(B, N, D, h, w, 3) frustum points in the (augmented) ego frame. Inputs (B, N, 3|4, 3|4)."""
+        geometry = torch.float64  # metres far from the camera: keep the chain exact
+        frustum = self.frustum(intrinsics.device, geometry)  # (D, h, w, 3)
+        pixels = torch.cat([frustum[..., :2], torch.ones_like(frustum[..., :1])], -1)  # processed image
+        original_from_processed = torch.linalg.inv(post_transform.to(geometry))  # (B, N, 3, 3)
+        camera_rays = torch.linalg.inv(intrinsics.to(geometry)) @ original_from_processed  # (B, N, 3, 3)
+        rays = torch.einsum("bnij,dhwj->bndhwi", camera_rays, pixels)  # z = 1 in the camera frame
+        points_camera = rays * frustum[..., 2:3]  # (B, N, D, h, w, 3)
+        transform = ego_from_camera.to(geometry)
+        if bev_transform is not None:
+            transform = bev_transform.to(geometry)[:, None] @ transform
+        return torch.einsum("bnij,bndhwj->bndhwi", transform[..., :3, :3], points_camera) + \
+            transform[:, :, None, None, None, :3, 3]
+
+    def cell_index(self, points_ego: torch.Tensor) -> torch.Tensor:
+        """(B, N, D, h, w) flat cell ``iy * X + ix`` of each point, -1 outside the grid."""
+        x = torch.floor((points_ego[..., 0] - self.x_range[0]) / self.resolution).long()
+        y = torch.floor((points_ego[..., 1] - self.y_range[0]) / self.resolution).long()
+        inside = (x >= 0) & (x < self.grid_size[1]) & (y >= 0) & (y < self.grid_size[0])
+        inside &= (points_ego[..., 2] >= self.z_range[0]) & (points_ego[..., 2] < self.z_range[1])
+        return torch.where(inside, y * self.grid_size[1] + x, torch.full_like(x, -1))
+
+    def indices(self, intrinsics, ego_from_camera, post_transform, bev_transform=None) -> BevPoolIndices:
+        """Pooling indices for a camera geometry, cached (a fixed rig hits the cache at inference)."""
+        parts = [intrinsics, ego_from_camera, post_transform] + ([bev_transform] if bev_transform is not None else [])
+        key = b"".join(p.detach().to("cpu", torch.float64).contiguous().numpy().tobytes() for p in parts)
+        key += str(intrinsics.shape).encode() + str(intrinsics.device).encode()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with torch.no_grad():
+            cells = self.cell_index(self.points_ego(intrinsics, ego_from_camera, post_transform, bev_transform))
+            indices = pool_indices(cells, self.grid_size[0] * self.grid_size[1])
+        self._cache[key] = indices
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return indices
+
+    def forward(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
+                ego_from_camera: torch.Tensor, post_transform: torch.Tensor,
+                bev_transform: torch.Tensor | None = None) -> torch.Tensor:
+        """B batch, N views, D bins, C channels, h x w features, Y x X BEV.
+
+        depth: (B, N, D, h, w) probabilities; context: (B, N, C, h, w); intrinsics, post_transform:
+        (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); bev_transform: (B, 4, 4) or None.
+        Returns (B, C, Y, X)."""
+        indices = self.indices(intrinsics, ego_from_camera, post_transform, bev_transform)
+        return bev_pool(depth, context, indices, self.grid_size, backend=self.kernel_backend)
+
+
+class BevDownsample(nn.Module):
+    """The official x2 downsampling of the pooled grid: conv-BN-ReLU, stride-2 conv-BN-ReLU, conv-BN-ReLU."""
+
+    def __init__(self, channels: int, factor: int = 2):
+        super().__init__()
+        if factor < 1 or factor & (factor - 1):
+            raise ValueError(f"BEV downsampling factor must be a power of two, got {factor}")
+        layers: list[nn.Module] = [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                                   nn.ReLU(True)]
+        for _ in range(factor.bit_length() - 1):
+            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+                       nn.ReLU(True)]
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, bev: torch.Tensor) -> torch.Tensor:
+        return self.layers(bev)
