@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .swin import Mlp, SwinBlock
+from .swin import MASKED, Mlp, SwinBlock
 from .view_transformer import CameraAwareGate
 
 
@@ -36,11 +36,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, C), global attention over the T tokens."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C), global attention over the T tokens; mask: additive (T, T) or None."""
         batch, tokens, channels = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, channels))
 
 
@@ -57,25 +57,23 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.zero_init_outputs = zero_init_outputs
         self._gradient_checkpointing_func = checkpoint
         if zero_init_outputs:
-            self.zero_outputs()
+            # The projections that write into the residual stream start at zero: the block starts as
+            # the identity. The flag also tells a model-wide initialiser to keep them so.
+            for layer in (self.attn.proj, self.mlp.fc2):
+                layer.zero_init = True
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def zero_outputs(self) -> None:
-        """Zero the projections that write into the residual stream: the block starts as the identity."""
-        for layer in (self.attn.proj, self.mlp.fc2):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return self._gradient_checkpointing_func(self._forward, x, mask, use_reentrant=False)
+        return self._forward(x, mask)
 
 
 class CrossViewAttention(nn.Module):
@@ -86,12 +84,19 @@ class CrossViewAttention(nn.Module):
         super().__init__()
         self.block = TransformerBlock(dim, num_heads, mlp_ratio, zero_init_outputs=True)
 
-    def forward(self, x: torch.Tensor, num_views: int, height: int, width: int) -> torch.Tensor:
-        """x: (B * V, H * W, C) tokens of each view. Returns the same shape."""
+    def forward(self, x: torch.Tensor, num_views: int, height: int, width: int,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B * V, H * W, C) tokens of each view; groups: (H, W) token groups shared by the views
+        (then a token only attends to its own group), or None. Returns the same shape as x."""
         batch_views, _, channels = x.shape
         batch = batch_views // num_views
         rows = x.view(batch, num_views, height, width, channels).permute(0, 2, 1, 3, 4)
-        rows = self.block(rows.reshape(batch * height, num_views * width, channels))
+        mask = None
+        if groups is not None:  # (H, V*W) groups of each row's tokens; rows differ, so a mask per row
+            row_groups = groups.repeat(1, num_views)
+            mask = (row_groups[:, :, None] != row_groups[:, None, :]).float() * MASKED  # (H, V*W, V*W)
+            mask = mask[None, :, None].expand(batch, -1, -1, -1, -1).reshape(batch * height, 1, *mask.shape[1:])
+        rows = self.block(rows.reshape(batch * height, num_views * width, channels), mask)
         rows = rows.view(batch, height, num_views, width, channels).permute(0, 2, 1, 3, 4)
         return rows.reshape(batch_views, height * width, channels)
 
@@ -122,6 +127,7 @@ class GeoMIMDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.register_buffer("position_embedding", sincos_position_embedding(*feature_size, hidden_size)[None],
                              persistent=False)
+        self.hidden_size = hidden_size
         self.blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers))
         self.cross_view = nn.ModuleDict({str(i): CrossViewAttention(hidden_size, num_heads, mlp_ratio)
                                          for i in cross_view_layers})
@@ -133,6 +139,10 @@ class GeoMIMDecoder(nn.Module):
         self.depth_cross_view = nn.ModuleDict({str(i): CrossViewAttention(hidden_size, num_heads, mlp_ratio)
                                                for i in depth_branch_cross_view_layers})
         self.depth_norm = nn.LayerNorm(hidden_size, eps=1e-6)
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent position embedding (a model materialised from the meta device lacks it)."""
+        self.position_embedding.copy_(sincos_position_embedding(*self.feature_size, self.hidden_size)[None])
 
     def neck(self, c4: torch.Tensor, c5: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
         """c4: (B*V, h, w, C4), c5: (B*V, h/2, w/2, C5) channels last; groups: (h, w) token groups.

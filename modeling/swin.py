@@ -86,6 +86,10 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent index (a model materialised from the meta device lacks it)."""
+        self.relative_position_index.copy_(relative_position_index(self.window))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: additive (nW, N, N) or None. Returns (B * nW, N, C)."""
         windows, tokens, channels = x.shape
@@ -221,7 +225,7 @@ class SwinEncoder(nn.Module):
                  shifted_windows: bool = False, absolute_position_embedding_size: tuple[int, int] | None = (56, 56),
                  drop_path_rate: float = 0.0, eps: float = 1e-5, cell_size: int = 32):
         super().__init__()
-        self.patch_size, self.cell_size = patch_size, cell_size
+        self.patch_size, self.cell_size, self.image_size = patch_size, cell_size, tuple(image_size)
         self.padded_size = tuple(math.ceil(s / cell_size) * cell_size for s in image_size)
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
         self.patch_norm = nn.LayerNorm(embed_dim, eps=eps)
@@ -242,25 +246,36 @@ class SwinEncoder(nn.Module):
         self.dims = dims
         self.strides = [patch_size * 2**i for i in range(len(depths))]
 
+    def token_groups(self, cell_groups: torch.Tensor, stride: int) -> torch.Tensor:
+        """(H / stride, W / stride) group of each token of the padded image at ``stride``: its cell's,
+        or ``PAD_GROUP`` for tokens that cover padding only (they count as masked for everyone)."""
+        repeat = self.cell_size // stride
+        groups = cell_groups.repeat_interleave(repeat, 0).repeat_interleave(repeat, 1).clone()
+        groups[-(-self.image_size[0] // stride):, :] = PAD_GROUP
+        groups[:, -(-self.image_size[1] // stride):] = PAD_GROUP
+        return groups
+
     def pad(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pad (B, 3, H, W) at the right and bottom to whole masking cells."""
         height, width = pixel_values.shape[-2:]
         return F.pad(pixel_values, (0, (-width) % self.cell_size, 0, (-height) % self.cell_size))
 
-    def forward(self, pixel_values: torch.Tensor, cell_groups: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """pixel_values: (B, 3, H, W); cell_groups: (H / cell, W / cell) long group per masking cell of the
-        padded image (padding cells: ``PAD_GROUP``), or None. Returns per-stage (B, H_s, W_s, C_s)."""
+    def forward(self, pixel_values: torch.Tensor, cell_groups: torch.Tensor | None = None,
+                after_stage=None) -> list[torch.Tensor]:
+        """pixel_values: (B, 3, H, W); cell_groups: (H / cell, W / cell) long group (0 or 1) per masking
+        cell of the padded image, or None; after_stage: optional
+        ``f(stage_index, x, groups) -> x`` run on each stage's output (B, H_s, W_s, C_s) before the next
+        stage, e.g. Cross-View Attention. Returns per-stage (B, H_s, W_s, C_s)."""
         x = self.patch_norm(self.patch_embed(self.pad(pixel_values)).permute(0, 2, 3, 1))  # (B, H/4, W/4, C)
         if self.absolute_pos_embed is not None:  # after the patch norm, as the official encoder
             position = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False)
             x = x + position.permute(0, 2, 3, 1)
         outputs = []
-        for stage, stride in zip(self.stages, self.strides):
-            groups = None
-            if cell_groups is not None:
-                repeat = self.cell_size // stride
-                groups = cell_groups.repeat_interleave(repeat, 0).repeat_interleave(repeat, 1)
+        for index, (stage, stride) in enumerate(zip(self.stages, self.strides)):
+            groups = None if cell_groups is None else self.token_groups(cell_groups, stride)
             x = stage(x, groups)
+            if after_stage is not None:
+                x = after_stage(index, x, groups)
             outputs.append(x)
         return outputs
 

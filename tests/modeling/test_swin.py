@@ -38,7 +38,6 @@ def test_visible_tokens_ignore_the_other_group():
         torch.nn.init.normal_(parameter, std=0.1)
     cells = encoder.padded_size[0] // 32, encoder.padded_size[1] // 32  # 2 x 6 (176 pads to 192)
     groups = torch.randperm(cells[0] * cells[1]).reshape(cells) % 2
-    groups[:, -1] = PAD_GROUP  # the padded column of cells
     pixels = torch.randn(2, 3, 64, 176)
     changed = pixels.clone()
     other = (groups == 1).repeat_interleave(32, 0).repeat_interleave(32, 1)[:64, :176]
@@ -46,11 +45,13 @@ def test_visible_tokens_ignore_the_other_group():
     with torch.no_grad():
         before, after = encoder(pixels, groups), encoder(changed, groups)
     for stage, (a, b, stride) in enumerate(zip(before, after, encoder.strides)):
-        own = (groups == 0).repeat_interleave(32 // stride, 0).repeat_interleave(32 // stride, 1)
+        own = encoder.token_groups(groups, stride) == 0
         torch.testing.assert_close(a[:, own], b[:, own], msg=f"stage {stage}")
         assert not torch.allclose(a[:, ~own], b[:, ~own])  # the changed group did change
     with torch.no_grad():  # without groups, windows wider than a cell (the last stage's) mix the groups
         assert not torch.allclose(encoder(pixels)[-1][:, groups == 0], encoder(changed)[-1][:, groups == 0])
+    tokens = encoder.token_groups(groups, 16)  # 176 = 11 tokens of 16 px; the 12th covers padding only
+    assert (tokens[:, 11] == PAD_GROUP).all() and (tokens[:, :11] != PAD_GROUP).all()
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

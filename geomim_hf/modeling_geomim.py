@@ -1,0 +1,324 @@
+"""GeoMIM models: the multi-view encoder (``GeoMIMModel``) and masked BEV pretraining
+(``GeoMIMForMaskedBEVModeling``). The networks live in :mod:`geomim_hf.modeling`; this file reads
+the config, initialises weights, and speaks transformers.
+
+Letters: B batch, N views, G mask groups (2), C channels, D depth bins, H x W image,
+h x w stride-16 features, Y x X BEV target grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_geomim import GeoMIMConfig
+from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
+from .modeling.swin import SwinEncoder, WindowAttention
+from .modeling.view_transformer import BevDownsample, DepthNet, LiftSplat, camera_vector
+
+logger = logging.get_logger(__name__)
+
+DECODER_STRIDE = 16
+
+
+def random_cell_mask(config: GeoMIMConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random split of the masking cells into two complementary groups, shared by every image
+    and view of a batch (the official masking). Returns ``bool_masked_pos``: (H_cells, W_cells) of
+    the padded image, True for the ``mask_ratio`` share of the cells that form group 1."""
+    height, width = (-(-size // config.mask_cell_size) for size in config.image_size)
+    order = torch.randperm(height * width, generator=generator)
+    masked = torch.zeros(height * width, dtype=torch.bool)
+    masked[order[: int(round(config.mask_ratio * height * width))]] = True
+    return masked.view(height, width)
+
+
+def patch_normalize(features: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
+    """Normalise (B, C, Y, X) per ``patch`` x ``patch`` block of cells over all its values (MAE's
+    norm-pix): (f - mean) / sqrt(var + eps)."""
+    batch, channels, height, width = features.shape
+    blocks = features.reshape(batch, channels, height // patch, patch, width // patch, patch)
+    mean = blocks.mean(dim=(1, 3, 5), keepdim=True)
+    var = blocks.var(dim=(1, 3, 5), keepdim=True, unbiased=False)
+    return ((blocks - mean) / torch.sqrt(var + eps)).reshape(batch, channels, height, width)
+
+
+def depth_bins_of(depth_maps: torch.Tensor, depth_bins: tuple[float, float, float]) -> torch.Tensor:
+    """Bin index of each depth (metres), -1 where there is no depth or it falls outside the bins."""
+    start, stop, step = depth_bins
+    bins = torch.floor((depth_maps - start) / step).long()
+    count = int(round((stop - start) / step))
+    return torch.where((depth_maps > 0) & (bins >= 0) & (bins < count), bins, torch.full_like(bins, -1))
+
+
+@dataclass
+class GeoMIMModelOutput(ModelOutput):
+    """
+    feature_maps: per ``out_indices`` stage, (B, N, C_s, H_s, W_s) layer-normed encoder features.
+    hidden_states: every stage's output before the norm, (B, N, C_s, H_s, W_s), if asked for.
+    """
+
+    feature_maps: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MaskedBEVModelingOutput(ModelOutput):
+    """
+    loss: reconstruction_loss + depth_loss_weight * depth_loss, given the targets.
+    reconstruction_loss: MSE to the patch-normalised teacher BEV features, all cells and channels,
+        averaged over the two mask groups.
+    depth_loss: binary cross-entropy of the depth distribution against one-hot LiDAR depth bins on
+        pixels with a depth, averaged over the groups.
+    reconstruction: (B, G, C_t, Y, X) each group's predicted BEV features (normalised space).
+    depth: (B, G, N, D, h, w) depth logits of each group.
+    target: (B, C_t, Y, X) the patch-normalised teacher features.
+    bool_masked_pos: (H_cells, W_cells) the mask used: True marks group 1.
+    """
+
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    depth_loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    bool_masked_pos: torch.Tensor | None = None
+
+
+class GeoMIMPreTrainedModel(PreTrainedModel):
+    config_class = GeoMIMConfig
+    base_model_prefix = "geomim"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SwinBlock", "TransformerBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "zero_init", False):  # Cross-View Attention outputs start as the identity
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                module.reset_running_stats()
+        elif isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, WindowAttention):
+            nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+            module.reset_buffers()
+        elif isinstance(module, SwinEncoder) and module.absolute_pos_embed is not None:
+            nn.init.trunc_normal_(module.absolute_pos_embed, std=0.02)
+        elif isinstance(module, GeoMIMDecoder):
+            nn.init.normal_(module.mask_token, std=0.02)
+            module.reset_buffers()
+
+
+class GeoMIMModel(GeoMIMPreTrainedModel):
+    """The multi-view Swin encoder: what pretraining produces and detectors finetune.
+
+    Optional Cross-View Attention after ``config.encoder_cross_view_stages`` lets the views talk
+    inside the encoder (the abstract's reading; the official code has none).
+    """
+
+    def __init__(self, config: GeoMIMConfig):
+        super().__init__(config)
+        self.encoder = SwinEncoder(
+            config.image_size, config.patch_size, config.num_channels, config.embed_dim, config.depths,
+            config.num_heads, config.window_size, config.mlp_ratio, config.qkv_bias, config.shifted_windows,
+            config.absolute_position_embedding_size if config.use_absolute_position_embeddings else None,
+            config.drop_path_rate, config.layer_norm_eps, config.mask_cell_size)
+        self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(config.stage_dims[i], eps=config.layer_norm_eps)
+                                        for i in config.out_indices})
+        self.cross_view = nn.ModuleDict({str(i): CrossViewAttention(config.stage_dims[i], config.num_heads[i],
+                                                                    config.mlp_ratio)
+                                         for i in config.encoder_cross_view_stages})
+        self.post_init()
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm-style: channels and stride of each returned feature map."""
+        return [{"num_chs": self.config.stage_dims[i], "reduction": self.config.stage_strides[i], "stage": i}
+                for i in self.config.out_indices]
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
+                output_hidden_states: bool = False, return_dict: bool = True):
+        """pixel_values: (B, N, 3, H, W); bool_masked_pos: (H_cells, W_cells) or None. With a mask,
+        every token only attends to tokens of its own group (one pass encodes both groups)."""
+        batch, views = pixel_values.shape[:2]
+        groups = None if bool_masked_pos is None else bool_masked_pos.long().to(pixel_values.device)
+
+        def after_stage(index, x, token_groups):
+            if str(index) not in self.cross_view:
+                return x
+            _, height, width, channels = x.shape
+            tokens = self.cross_view[str(index)](x.reshape(-1, height * width, channels), views, height, width,
+                                                 token_groups)
+            return tokens.view(-1, height, width, channels)
+
+        stages = self.encoder(pixel_values.flatten(0, 1), groups, after_stage if self.cross_view else None)
+
+        def per_view(x):  # (B*N, h, w, C) -> (B, N, C, h, w)
+            return x.permute(0, 3, 1, 2).reshape(batch, views, *x.shape[3:], *x.shape[1:3])
+
+        feature_maps = tuple(per_view(self.out_norms[str(i)](stages[i])) for i in self.config.out_indices)
+        hidden_states = tuple(per_view(s) for s in stages) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (feature_maps, hidden_states) if v is not None)
+        return GeoMIMModelOutput(feature_maps=feature_maps, hidden_states=hidden_states)
+
+
+class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
+    """GeoMIM pretraining: encode the masked views once, decode each mask group into semantic and
+    depth features, lift them to BEV with Lift-Splat-Shoot, and regress the LiDAR teacher's BEV
+    features (all cells) plus supervise the depth with LiDAR."""
+
+    def __init__(self, config: GeoMIMConfig):
+        super().__init__(config)
+        if tuple(config.out_indices) != (2, 3) or config.stage_strides[2] != DECODER_STRIDE:
+            raise ValueError(f"masked BEV modeling decodes the stride-16 and stride-32 stages: out_indices must be "
+                             f"(2, 3) with strides (16, 32), got {config.out_indices} with {config.stage_strides}")
+        self.geomim = GeoMIMModel(config)
+        padded = [-(-s // config.mask_cell_size) * config.mask_cell_size for s in config.image_size]
+        self.decoder_grid = (padded[0] // DECODER_STRIDE, padded[1] // DECODER_STRIDE)
+        self.feature_size = (config.image_size[0] // DECODER_STRIDE, config.image_size[1] // DECODER_STRIDE)
+        self.decoder = GeoMIMDecoder(
+            (config.stage_dims[2], config.stage_dims[3]), self.decoder_grid, config.decoder_hidden_size,
+            config.decoder_num_layers, config.decoder_num_heads, config.mlp_ratio, config.decoder_neck_window_size,
+            config.num_heads[2], config.decoder_cross_view_layers, config.depth_branch_start_layer,
+            config.depth_branch_num_layers, config.depth_branch_cross_view_layers, config.camera_aware_hidden_size,
+            config.layer_norm_eps)
+        self.depth_net = DepthNet(2 * config.decoder_hidden_size, config.depth_net_channels, config.num_depth_bins,
+                                  config.context_channels)
+        self.lift_splat = LiftSplat(config.image_size, DECODER_STRIDE, config.depth_bins, config.bev_x_range,
+                                    config.bev_y_range, config.bev_z_range, config.bev_resolution,
+                                    config.kernel_backend)
+        self.bev_downsample = BevDownsample(config.context_channels, config.bev_downsample)
+        self.bev_head = nn.Conv2d(config.context_channels, config.target_channels, 1)
+        self.post_init()
+
+    def decode_group(self, c4, c5, views, cameras, masked, token_groups, intrinsics, ego_from_camera,
+                     post_transform, bev_transform):
+        """One mask group: returns BEV features (B, C_t, Y, X) and depth logits (B, N, D, h, w)."""
+        semantic, depth = self.decoder(c4, c5, views, cameras, masked, token_groups)
+        height, width = self.feature_size
+        features = torch.cat([semantic, depth], 1)[:, :, :height, :width]  # drop the padding cells
+        depth_logits, context = self.depth_net(features)
+        batch = depth_logits.shape[0] // views
+        depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
+        context = context.view(batch, views, *context.shape[1:])
+        bev = self.lift_splat(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform,
+                              bev_transform)  # (B, C, 2Y, 2X)
+        return self.bev_head(self.bev_downsample(bev)), depth_logits
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        intrinsics: torch.Tensor,
+        ego_from_camera: torch.Tensor,
+        post_transform: torch.Tensor,
+        bev_transform: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+        lidar_points: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        ego_from_lidar: torch.Tensor | None = None,
+        point_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        r"""
+        pixel_values: (B, N, 3, H, W) from :class:`GeoMIMImageProcessor`; intrinsics, post_transform:
+            (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); bev_transform: (B, 4, 4) BEV augmentation.
+        teacher_features: (B, C_t, Y, X) the LiDAR teacher's BEV features on the target grid (raw;
+            normalised per patch here).
+        bool_masked_pos: (H_cells, W_cells) the two mask groups (:func:`random_cell_mask`); required,
+            so that all randomness stays outside the model.
+        labels: (B, N, h, w) LiDAR depth maps in metres at stride 16 (the processor's ``depth_maps``,
+            0 where unknown); or give ``lidar_points`` (B, M, >=3) with ``ego_from_lidar`` (B, 4, 4)
+            and ``point_mask`` (B, M) and they are computed here.
+        """
+        if bool_masked_pos is None:
+            raise ValueError("bool_masked_pos is required: draw the two mask groups with "
+                             "geomim_hf.modeling_geomim.random_cell_mask(config, generator)")
+        if labels is None and lidar_points is not None:
+            labels = self.depth_labels(lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
+                                       post_transform)
+        batch, views = pixel_values.shape[:2]
+        encoded = self.geomim(pixel_values, bool_masked_pos=bool_masked_pos)
+        c4, c5 = (f.flatten(0, 1).permute(0, 2, 3, 1) for f in encoded.feature_maps)  # channels last
+        cameras = camera_vector(intrinsics, post_transform, ego_from_camera).flatten(0, 1).to(c4.dtype)
+        # (h', w') groups of the stride-16 tokens of the padded image; padding-only tokens are PAD_GROUP
+        token_groups = self.geomim.encoder.token_groups(bool_masked_pos.long().to(c4.device), DECODER_STRIDE)
+
+        reconstructions, depths = [], []
+        for group in (0, 1):
+            masked = token_groups != group  # the other group and the padding get the mask token
+            bev, depth_logits = self.decode_group(c4, c5, views, cameras, masked, token_groups, intrinsics,
+                                                  ego_from_camera, post_transform, bev_transform)
+            reconstructions.append(bev)
+            depths.append(depth_logits)
+        reconstruction = torch.stack(reconstructions, 1)  # (B, G, C_t, Y, X)
+        depth = torch.stack(depths, 1)  # (B, G, N, D, h, w)
+
+        target = reconstruction_loss = depth_loss = loss = None
+        if teacher_features is not None:
+            expected = (batch, self.config.target_channels, *self.config.target_grid_size)
+            if tuple(teacher_features.shape) != expected:
+                raise ValueError(f"teacher_features has shape {tuple(teacher_features.shape)}, expected {expected} "
+                                 f"(target_channels and target_grid_size of the config)")
+            target = patch_normalize(teacher_features.float(), self.config.target_patch_size,
+                                     self.config.target_norm_eps)
+            reconstruction_loss = F.mse_loss(reconstruction.float(), target[:, None].expand_as(reconstruction))
+            loss = reconstruction_loss
+        if labels is not None:
+            depth_loss = self.depth_loss(depth, labels)
+            loss = self.config.depth_loss_weight * depth_loss if loss is None else \
+                loss + self.config.depth_loss_weight * depth_loss
+        output = MaskedBEVModelingOutput(loss, reconstruction_loss, depth_loss, reconstruction, depth, target,
+                                         bool_masked_pos)
+        return output if return_dict else output.to_tuple()
+
+    def depth_loss(self, depth_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BEVDepth's depth BCE: softmax over bins against one-hot bins, summed over bins, averaged over
+        the pixels that have a depth, and over the groups. depth_logits (B, G, N, D, h, w); labels
+        (B, N, h, w) metres."""
+        bins = depth_bins_of(labels, self.config.depth_bins)  # (B, N, h, w)
+        valid = bins >= 0
+        probabilities = depth_logits.float().softmax(3).permute(0, 1, 2, 4, 5, 3)  # (B, G, N, h, w, D)
+        one_hot = F.one_hot(bins.clamp(min=0), self.config.num_depth_bins).float()  # (B, N, h, w, D)
+        losses = []
+        for group in range(probabilities.shape[1]):
+            chosen = probabilities[:, group][valid]  # (P, D)
+            losses.append(F.binary_cross_entropy(chosen.clamp(1e-6, 1 - 1e-6), one_hot[valid], reduction="sum")
+                          / max(int(valid.sum()), 1))
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def depth_labels(self, lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
+                     post_transform) -> torch.Tensor:
+        """(B, N, h, w) nearest LiDAR depth per stride-16 block of each view, 0 where none."""
+        from .data.targets import depth_maps
+
+        if ego_from_lidar is None:
+            raise ValueError("lidar_points need ego_from_lidar (B, 4, 4) to be projected into the views")
+        maps = []
+        for b in range(lidar_points.shape[0]):
+            points = lidar_points[b] if point_mask is None else lidar_points[b][point_mask[b]]
+            maps.append(depth_maps(points.double().cpu().numpy(), ego_from_lidar[b].double().cpu().numpy(),
+                                   ego_from_camera[b].double().cpu().numpy(), intrinsics[b].double().cpu().numpy(),
+                                   post_transform[b].double().cpu().numpy(), tuple(self.config.image_size),
+                                   DECODER_STRIDE))
+        return torch.as_tensor(np.stack(maps), device=lidar_points.device)

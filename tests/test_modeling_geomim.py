@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+import torch
+
+from geomim_hf import GeoMIMConfig
+from geomim_hf.data.geometry import make_transform
+from geomim_hf.data.synthetic import camera_rotation
+from geomim_hf.data.targets import depth_maps
+from geomim_hf.modeling_geomim import (
+    GeoMIMForMaskedBEVModeling,
+    GeoMIMModel,
+    depth_bins_of,
+    patch_normalize,
+    random_cell_mask,
+)
+
+VIEWS = 6
+
+
+def _config(**overrides):
+    return GeoMIMConfig.from_preset("geomim-tiny", kernel_backend="torch", **overrides)
+
+
+def _inputs(config, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch, VIEWS, 3, *config.image_size, generator=generator)
+    intrinsics = torch.tensor([[60.0, 0, 87.5], [0, 60.0, 31.5], [0, 0, 1]]).expand(batch, VIEWS, 3, 3).clone()
+    ego_from_camera = torch.stack([torch.tensor(make_transform(camera_rotation(yaw), np.array([1.0, 0.0, 1.6])),
+                                                dtype=torch.float32)
+                                   for yaw in np.linspace(0, 2 * np.pi, VIEWS, endpoint=False)]).expand(batch, -1, -1, -1)
+    post_transform = torch.eye(3).expand(batch, VIEWS, 3, 3).clone()
+    teacher = torch.randn(batch, config.target_channels, *config.target_grid_size, generator=generator)
+    labels = torch.rand(batch, VIEWS, config.image_size[0] // 16, config.image_size[1] // 16, generator=generator) * 60
+    mask = random_cell_mask(config, generator)
+    return dict(pixel_values=pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera.clone(),
+                post_transform=post_transform, teacher_features=teacher, labels=labels, bool_masked_pos=mask)
+
+
+def test_tiny_preset_is_a_few_million_parameters_and_runs():
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    assert 1e6 < sum(p.numel() for p in model.parameters()) < 1e7
+    inputs = _inputs(config)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.reconstruction.shape == (2, 2, config.target_channels, *config.target_grid_size)
+    assert out.depth.shape == (2, 2, VIEWS, config.num_depth_bins, 4, 11)
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + config.depth_loss_weight * out.depth_loss)
+    assert out.bool_masked_pos.float().mean() == pytest.approx(0.5, abs=0.1)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config).train()
+    inputs = _inputs(config, batch=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_save_and_load_give_identical_outputs_and_the_encoder_loads_alone(tmp_path):
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = GeoMIMForMaskedBEVModeling.from_pretrained(tmp_path).eval()
+    inputs = _inputs(config)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).reconstruction, model(**inputs).reconstruction, rtol=0, atol=0)
+        encoder = GeoMIMModel.from_pretrained(tmp_path).eval()
+        for a, b in zip(encoder(inputs["pixel_values"]).feature_maps, model.geomim(inputs["pixel_values"]).feature_maps):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("encoder_cross_view", [(), (2,)])
+def test_visible_features_ignore_the_other_group(encoder_cross_view):
+    config = _config(encoder_cross_view_stages=encoder_cross_view)
+    model = GeoMIMModel(config).eval()
+    for name, parameter in model.named_parameters():  # Cross-View Attention starts as identity: wake it up
+        if "cross_view" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    inputs = _inputs(config, batch=1)
+    mask = inputs["bool_masked_pos"]
+    pixels = inputs["pixel_values"]
+    changed = pixels.clone()
+    other = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)[: config.image_size[0], : config.image_size[1]]
+    changed[..., other] = torch.randn_like(changed[..., other])
+    with torch.no_grad():
+        before = model(pixels, bool_masked_pos=mask).feature_maps
+        after = model(changed, bool_masked_pos=mask).feature_maps
+    for features_a, features_b, stride in zip(before, after, (16, 32)):
+        own = model.encoder.token_groups(mask.long(), stride)[: features_a.shape[-2], : features_a.shape[-1]] == 0
+        torch.testing.assert_close(features_a[..., own], features_b[..., own])
+        assert not torch.allclose(features_a[..., ~own], features_b[..., ~own])
+
+
+def test_permuting_views_permutes_the_decoded_depth():
+    torch.manual_seed(0)
+    config = _config(encoder_cross_view_stages=(2,))
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    for name, parameter in model.named_parameters():
+        if "cross_view" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    inputs = _inputs(config, batch=1)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    permuted = {k: (v[:, order] if k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "labels")
+                    else v) for k, v in inputs.items()}
+    with torch.no_grad():
+        a, b = model(**inputs), model(**permuted)
+    torch.testing.assert_close(b.depth, a.depth[:, :, order], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.reconstruction, a.reconstruction, atol=1e-4, rtol=1e-4)
+
+
+def test_patch_normalisation_matches_a_loop():
+    features = torch.randn(2, 3, 8, 12) * 5 + 2
+    normalised = patch_normalize(features, 4, 1e-6)
+    for b in range(2):
+        for y in range(0, 8, 4):
+            for x in range(0, 12, 4):
+                block = features[b, :, y:y + 4, x:x + 4]
+                expected = (block - block.mean()) / torch.sqrt(block.var(unbiased=False) + 1e-6)
+                torch.testing.assert_close(normalised[b, :, y:y + 4, x:x + 4], expected)
+
+
+def test_depth_loss_matches_a_hand_computation():
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config)
+    logits = torch.randn(1, 2, VIEWS, config.num_depth_bins, 4, 11)
+    labels = torch.zeros(1, VIEWS, 4, 11)
+    labels[0, 0, 1, 2] = 10.0  # bin floor((10 - 1) / 2) = 4
+    labels[0, 3, 0, 0] = 59.0  # bin 29, the last
+    labels[0, 4, 2, 2] = 75.0  # beyond the bins: ignored
+    assert depth_bins_of(labels, config.depth_bins)[0, 0, 1, 2] == 4
+    expected = []
+    for group in range(2):
+        total = 0.0
+        for view, row, column, index in ((0, 1, 2, 4), (3, 0, 0, 29)):
+            p = logits[0, group, view, :, row, column].softmax(0)
+            target = torch.zeros(config.num_depth_bins)
+            target[index] = 1
+            total += -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).sum()
+        expected.append(total / 2)
+    torch.testing.assert_close(model.depth_loss(logits, labels), torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_depth_labels_from_points_equal_the_processor_targets():
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config)
+    inputs = _inputs(config, batch=1)
+    rng = np.random.default_rng(0)
+    points = torch.tensor(rng.uniform(-30, 30, (5000, 5)), dtype=torch.float32)
+    ego_from_lidar = torch.eye(4)[None]
+    labels = model.depth_labels(points[None], ego_from_lidar, None, inputs["intrinsics"], inputs["ego_from_camera"],
+                                inputs["post_transform"])
+    expected = depth_maps(points.numpy(), np.eye(4), inputs["ego_from_camera"][0].double().numpy(),
+                          inputs["intrinsics"][0].double().numpy(), inputs["post_transform"][0].double().numpy(),
+                          config.image_size, 16)
+    np.testing.assert_allclose(labels[0].numpy(), expected, rtol=1e-6)
+    assert (labels > 0).any()
+
+
+def test_cross_view_attention_starts_as_identity_and_checkpointing_keeps_gradients():
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config).train()
+    block = model.decoder.cross_view["1"].block
+    assert block.attn.proj.weight.abs().sum() == 0 and block.mlp.fc2.weight.abs().sum() == 0
+    inputs = _inputs(config, batch=1)
+    torch.manual_seed(0)
+    expected = torch.autograd.grad(model(**inputs).loss, list(model.geomim.parameters()), allow_unused=True)
+    model.activation_checkpointing_enable()
+    actual = torch.autograd.grad(model(**inputs).loss, list(model.geomim.parameters()), allow_unused=True)
+    for a, b in zip(actual, expected):
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_inputs_are_named():
+    config = _config()
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    inputs = _inputs(config, batch=1)
+    with pytest.raises(ValueError, match="bool_masked_pos is required"):
+        model(**{**inputs, "bool_masked_pos": None})
+    with pytest.raises(ValueError, match=r"teacher_features has shape \(1, 64, 16, 16\), expected \(1, 64, 32, 32\)"):
+        model(**{**inputs, "teacher_features": torch.zeros(1, 64, 16, 16)})
+    with pytest.raises(ValueError, match="out_indices must be"):
+        GeoMIMForMaskedBEVModeling(_config(out_indices=(1, 2)))
