@@ -3,14 +3,26 @@
 Importing the package registers ``geomim`` with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForMaskedImageModeling
 
 from .configuration_geomim import PRESETS, GeoMIMConfig
 from .image_processing_geomim import GeoMIMImageProcessor
+from .modeling_geomim import GeoMIMForMaskedBEVModeling, GeoMIMModel, GeoMIMPreTrainedModel, random_cell_mask
 
 __version__ = "0.1.0.dev0"
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig, exist_ok=True)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor, "torchvision": GeoMIMImageProcessor}, exist_ok=True)
+AutoModel.register(GeoMIMConfig, GeoMIMModel, exist_ok=True)
+AutoModelForMaskedImageModeling.register(GeoMIMConfig, GeoMIMForMaskedBEVModeling, exist_ok=True)
 
-__all__ = ["PRESETS", "GeoMIMConfig", "GeoMIMImageProcessor", "__version__"]
+__all__ = [
+    "PRESETS",
+    "GeoMIMConfig",
+    "GeoMIMForMaskedBEVModeling",
+    "GeoMIMImageProcessor",
+    "GeoMIMModel",
+    "GeoMIMPreTrainedModel",
+    "__version__",
+    "random_cell_mask",
+]
