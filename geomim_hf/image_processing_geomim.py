@@ -139,6 +139,12 @@ class GeoMIMImageProcessor(BaseImageProcessor):
                                          resample=Image.BILINEAR, fillcolor=(0, 0, 0))
         return np.asarray(warped), post_transform
 
+    def sample_bev_transform(self, rng: np.random.Generator) -> np.ndarray:
+        """A random BEV augmentation: (4, 4) from the ego frame to the augmented ego frame."""
+        return bev_augmentation_matrix(
+            np.deg2rad(rng.uniform(*self.bev_rotate_range)), rng.uniform(*self.bev_scale_range),
+            bool(rng.uniform() < self.bev_flip_probability), bool(rng.uniform() < self.bev_flip_probability))
+
     # Call ----------------------------------------------------------------------------------------
 
     def preprocess(
@@ -215,11 +221,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
                     np.asarray(lidar_points[index]), np.asarray(ego_from_lidar[index], np.float64),
                     batch_ego_from_camera[index], batch_intrinsics[index], outputs["post_transform"][-1],
                     tuple(self.image_size), self.depth_stride))
-            augmented_from_ego = np.eye(4)
-            if bev_augment:
-                augmented_from_ego = bev_augmentation_matrix(
-                    np.deg2rad(rng.uniform(*self.bev_rotate_range)), rng.uniform(*self.bev_scale_range),
-                    bool(rng.uniform() < self.bev_flip_probability), bool(rng.uniform() < self.bev_flip_probability))
+            augmented_from_ego = self.sample_bev_transform(rng) if bev_augment else np.eye(4)
             outputs["bev_transform"].append(augmented_from_ego)
             if boxes is not None:
                 sample_boxes, sample_velocities = augment_boxes(boxes[index], velocities[index], augmented_from_ego)

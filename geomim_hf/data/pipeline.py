@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .targets import augment_boxes, augment_points
+
 FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "depth_maps",
               "ego_from_lidar", "global_from_ego")
 
@@ -22,13 +24,19 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             the same batches; call :meth:`set_epoch` between epochs.
         return_depth: add LiDAR ``depth_maps`` at the processor's ``depth_stride``.
         with_targets: add boxes, velocities, labels, attributes and the LiDAR points.
+        with_images: process the camera images; without them (a LiDAR-only model) only the BEV
+            augmentation of points and boxes runs, and the images are never decoded.
     """
 
     def __init__(self, dataset, processor, training: bool = False, seed: int = 0, return_depth: bool = False,
-                 with_targets: bool = True):
+                 with_targets: bool = True, with_images: bool = True):
+        if return_depth and not with_images:
+            raise ValueError("return_depth needs the images' geometry: with_images=True")
         self.dataset, self.processor, self.training = dataset, processor, training
         self.seed, self.epoch = seed, 0
-        self.return_depth, self.with_targets = return_depth, with_targets
+        self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
+        if not with_images:  # never decode the images
+            self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,8 +45,10 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        if not self.with_images:
+            return self._points_only(self.dataset[index], rng)
+        row = self.dataset[index]
         needs_points = self.with_targets or self.return_depth
         processed = self.processor(
             row["images"], row["intrinsics"], row["ego_from_camera"], training=self.training, generator=rng,
@@ -55,6 +65,22 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         if self.with_targets:
             sample["labels"] = torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long)
             sample["attributes"] = torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long)
+        return sample
+
+
+    def _points_only(self, row: dict, rng: np.random.Generator) -> dict:
+        augmented_from_ego = self.processor.sample_bev_transform(rng) if self.training else np.eye(4)
+        sample = {"sample_token": row["sample_token"],
+                  "bev_transform": torch.as_tensor(augmented_from_ego, dtype=torch.float32),
+                  "ego_from_lidar": torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32),
+                  "global_from_ego": torch.as_tensor(np.asarray(row["global_from_ego"]), dtype=torch.float64),
+                  "lidar_points": torch.from_numpy(augment_points(row["lidar_points"], row["ego_from_lidar"],
+                                                                  augmented_from_ego))}
+        if self.with_targets:
+            boxes, velocities = augment_boxes(row["boxes"], row["velocities"], augmented_from_ego)
+            sample.update(boxes=torch.from_numpy(boxes), velocities=torch.from_numpy(velocities),
+                          labels=torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long),
+                          attributes=torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long))
         return sample
 
 
@@ -86,10 +112,11 @@ def collate_geomim(samples: list[dict]) -> dict:
 
 
 def make_dataloader(dataset, processor, batch_size: int, training: bool = False, num_workers: int = 0,
-                    seed: int = 0, return_depth: bool = False, with_targets: bool = True, **kwargs) -> DataLoader:
+                    seed: int = 0, return_depth: bool = False, with_targets: bool = True, with_images: bool = True,
+                    **kwargs) -> DataLoader:
     """A ``DataLoader`` over processed samples; shuffles when training (seeded)."""
     processed = GeoMIMDataset(dataset, processor, training=training, seed=seed, return_depth=return_depth,
-                              with_targets=with_targets)
+                              with_targets=with_targets, with_images=with_images)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(processed, batch_size=batch_size, shuffle=training, num_workers=num_workers,
                       collate_fn=collate_geomim, generator=generator, persistent_workers=num_workers > 0, **kwargs)

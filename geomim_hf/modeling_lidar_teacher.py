@@ -1,0 +1,194 @@
+"""The LiDAR teacher whose BEV features are GeoMIM's pretraining target: a pillar CenterPoint that
+trains on any machine (the official teacher, BEVFusion's TransFusion-L, needs sparse convolutions).
+
+The target is one backbone stage of the pillar network, on exactly the student's target grid. The
+official target is TransFusion-L's sparse 3-D encoder output: the deepest LiDAR-only geometry
+encoding before the 2-D BEV backbone and neck, at 0.6 m. A pillar network has no 3-D encoder; its
+backbone stages play that part, so ``target_layer`` picks the stage whose stride lands on the
+target grid (the last, by default): the deepest geometry features before the neck mixes scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_geomim import GeoMIMConfig
+from .data.classes import NUSCENES_DETECTION_CLASSES
+from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode
+from .modeling.pillars import PillarEncoder
+
+# Teacher widths to pair with a student preset (others take the pillar network's defaults).
+TEACHER_PRESETS = {
+    "geomim-tiny": {"backbone_channels": (32, 48, 64), "backbone_layers": (1, 2, 2), "neck_channels": 32,
+                    "head_channels": 32},
+}
+# CenterPoint's nuScenes circle-NMS radii (metres), by detection class.
+NMS_RADIUS = {"car": 4.0, "truck": 12.0, "construction_vehicle": 12.0, "bus": 10.0, "trailer": 10.0, "barrier": 1.0,
+              "motorcycle": 0.85, "bicycle": 0.85, "pedestrian": 0.175, "traffic_cone": 0.175}
+
+
+class GeoMIMLidarTeacherConfig(PretrainedConfig):
+    r"""
+    Args:
+        x_range, y_range (`tuple[float, float]`): BEV extent in the ego frame, metres.
+        z_range (`tuple[float, float]`, defaults to `(-5.0, 3.0)`): heights kept.
+        pillar_size (`float`, defaults to 0.2): metres per pillar.
+        pillar_channels (`int`, defaults to 64), backbone_channels, backbone_layers, backbone_strides:
+            the pillar network (SECOND-style stages).
+        neck_channels (`int`, defaults to 128), neck_stride (`int`, defaults to 2): the FPN and the
+            stride (over pillars) at which the head runs.
+        head_channels (`int`, defaults to 64).
+        class_names (`tuple[str, ...]`): detection classes (nuScenes' ten).
+        target_layer (`int`, defaults to -1): the backbone stage whose output is the BEV target.
+        score_threshold, top_k: decoding.
+    """
+
+    model_type = "geomim_lidar_teacher"
+
+    def __init__(self, x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), z_range=(-5.0, 3.0), pillar_size=0.2,
+                 pillar_channels=64, backbone_channels=(64, 128, 256), backbone_layers=(3, 5, 5),
+                 backbone_strides=(2, 2, 2), neck_channels=128, neck_stride=2, head_channels=64,
+                 class_names=NUSCENES_DETECTION_CLASSES, target_layer=-1, score_threshold=0.1, top_k=500, **kwargs):
+        self.x_range, self.y_range, self.z_range = tuple(x_range), tuple(y_range), tuple(z_range)
+        self.pillar_size = float(pillar_size)
+        self.pillar_channels = pillar_channels
+        self.backbone_channels = tuple(backbone_channels)
+        self.backbone_layers = tuple(backbone_layers)
+        self.backbone_strides = tuple(backbone_strides)
+        self.neck_channels, self.neck_stride, self.head_channels = neck_channels, neck_stride, head_channels
+        self.class_names = tuple(class_names)
+        self.target_layer = target_layer
+        self.score_threshold, self.top_k = score_threshold, top_k
+        super().__init__(**kwargs)
+        if not (len(self.backbone_channels) == len(self.backbone_layers) == len(self.backbone_strides)):
+            raise ValueError("backbone_channels, backbone_layers and backbone_strides need one entry per stage")
+        unknown = [n for n in self.class_names if n not in NMS_RADIUS]
+        if unknown:
+            raise ValueError(f"class_names {unknown} have no NMS radius; known: {sorted(NMS_RADIUS)}")
+
+    @property
+    def target_stride(self) -> int:
+        """Stride over the pillars of the target stage."""
+        stage = self.target_layer % len(self.backbone_strides)
+        return int(torch.tensor(self.backbone_strides[: stage + 1]).prod())
+
+    @property
+    def target_channels(self) -> int:
+        return self.backbone_channels[self.target_layer]
+
+    @property
+    def target_resolution(self) -> float:
+        return self.pillar_size * self.target_stride
+
+    @classmethod
+    def for_student(cls, student: GeoMIMConfig, **overrides):
+        """A teacher whose last stage has the student's target grid (extent, cells, channels).
+
+        Pillars are the target cell over the last stage's stride: strides (1, 2, 2) below 1 m cells
+        (official 0.6 m: 0.15 m pillars), (2, 2, 2) above (the tiny preset's 3.2 m: 0.4 m pillars)."""
+        resolution = student.bev_resolution * student.bev_downsample
+        strides = tuple(overrides.pop("backbone_strides", (1, 2, 2) if resolution < 1.0 else (2, 2, 2)))
+        channels = list(overrides.pop("backbone_channels", (64, 128, 256)))
+        channels[-1] = student.target_channels
+        return cls(x_range=student.bev_x_range, y_range=student.bev_y_range,
+                   pillar_size=resolution / int(torch.tensor(strides).prod()), backbone_strides=strides,
+                   backbone_channels=tuple(channels), class_names=student.class_names, target_layer=-1, **overrides)
+
+    def check_student(self, student: GeoMIMConfig) -> None:
+        """Fail, naming the fields, unless the target stage lands on the student's target grid."""
+        problems = []
+        if self.x_range != student.bev_x_range or self.y_range != student.bev_y_range:
+            problems.append(f"extent x {self.x_range} y {self.y_range} vs the student's bev_x_range "
+                            f"{student.bev_x_range} bev_y_range {student.bev_y_range}")
+        if abs(self.target_resolution - student.bev_resolution * student.bev_downsample) > 1e-6:
+            problems.append(f"target cell {self.target_resolution} m vs the student's "
+                            f"{student.bev_resolution * student.bev_downsample} m (bev_resolution x bev_downsample)")
+        if self.target_channels != student.target_channels:
+            problems.append(f"target channels {self.target_channels} vs the student's target_channels "
+                            f"{student.target_channels}")
+        if problems:
+            raise ValueError("the LiDAR teacher does not fit the student: " + "; ".join(problems))
+
+
+@dataclass
+class LidarTeacherOutput(ModelOutput):
+    """
+    loss, heatmap_loss, regression_loss: CenterPoint's losses, given boxes.
+    heatmap: (B, K, Y_h, X_h) class logits; regression: (B, 10, Y_h, X_h).
+    bev_features: (B, C_t, Y_t, X_t) the target stage, GeoMIM's pretraining target.
+    """
+
+    loss: torch.Tensor | None = None
+    heatmap_loss: torch.Tensor | None = None
+    regression_loss: torch.Tensor | None = None
+    heatmap: torch.Tensor | None = None
+    regression: torch.Tensor | None = None
+    bev_features: torch.Tensor | None = None
+
+
+class GeoMIMLidarTeacher(PreTrainedModel):
+    config_class = GeoMIMLidarTeacherConfig
+    main_input_name = "lidar_points"
+
+    def __init__(self, config: GeoMIMLidarTeacherConfig):
+        super().__init__(config)
+        self.encoder = PillarEncoder(config.x_range, config.y_range, config.z_range, config.pillar_size,
+                                     config.pillar_channels, config.backbone_channels, config.backbone_layers,
+                                     config.backbone_strides, config.neck_channels, config.neck_stride)
+        self.head = CenterHead(self.encoder.out_channels, len(config.class_names), config.head_channels)
+        self.grid = BevGrid(config.x_range, config.y_range, config.pillar_size * config.neck_stride)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:  # the heatmap's last conv keeps CenterNet's prior
+                nn.init.constant_(module.bias, getattr(module, "prior_bias", 0.0))
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+
+    def forward(self, lidar_points: torch.Tensor, ego_from_lidar: torch.Tensor, point_mask: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None, velocities: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, box_mask: torch.Tensor | None = None,
+                return_dict: bool = True):
+        """lidar_points: (B, P, 5) in the LiDAR frame (x, y, z, intensity, time lag); ego_from_lidar:
+        (B, 4, 4); point_mask: (B, P). Targets (ego frame, as the loaders give them): boxes (B, K, 7),
+        velocities (B, K, 2), labels (B, K) into ``class_names``, box_mask (B, K)."""
+        rotation, translation = ego_from_lidar[:, None, :3, :3], ego_from_lidar[:, None, :3, 3]
+        xyz = (rotation @ lidar_points[..., :3, None]).squeeze(-1) + translation
+        points_ego = torch.cat([xyz, lidar_points[..., 3:5]], -1)
+        _, stages, neck = self.encoder(points_ego, point_mask)
+        head = self.head(neck)
+        output = LidarTeacherOutput(heatmap=head["heatmap"], regression=head["regression"],
+                                    bev_features=stages[self.config.target_layer])
+        if boxes is not None:
+            box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
+            targets = build_targets(boxes.float(), velocities.float(), labels, box_mask, self.grid,
+                                    len(self.config.class_names))
+            terms = center_loss(head, targets)
+            output.loss, output.heatmap_loss, output.regression_loss = (
+                terms["loss"], terms["heatmap_loss"], terms["regression_loss"])
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def bev_features(self, lidar_points, ego_from_lidar, point_mask=None) -> torch.Tensor:
+        """(B, C_t, Y_t, X_t) the pretraining target."""
+        return self(lidar_points, ego_from_lidar, point_mask).bev_features
+
+    def post_process(self, outputs: LidarTeacherOutput, score_threshold: float | None = None,
+                     top_k: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per sample ego-frame ``boxes`` (P, 7), ``scores``, ``labels`` and ``velocities``."""
+        radius = {i: NMS_RADIUS[name] for i, name in enumerate(self.config.class_names)}
+        return decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, self.grid,
+                      top_k or self.config.top_k,
+                      self.config.score_threshold if score_threshold is None else score_threshold, radius)

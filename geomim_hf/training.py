@@ -1,0 +1,116 @@
+"""What the training scripts share: the learning-rate schedule, atomic checkpoints that resume
+exactly, and the Accelerate set-up. Scripts stay flat; this file holds only what two of them need."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 1 / 3, final: float = 1e-3):
+    """Multiplier of the base learning rate at a step: linear warmup from ``warmup_start``, then cosine
+    down to ``final`` (the official GeoMIM schedule: from lr/3 over 500 iterations, to 1e-3 lr)."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return warmup_start + (1 - warmup_start) * step / max(warmup_steps, 1)
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def make_accelerator(output_dir: str, mixed_precision: str, gradient_accumulation_steps: int, report_to: str | None,
+                     seed: int) -> Accelerator:
+    """Accelerator with seedable data order (resume replays the same batches) and trackers."""
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=None if report_to in (None, "none") else report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+    )
+    set_seed(seed, device_specific=False)
+    return accelerator
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, state: dict, keep: int = 2) -> str:
+    """Write ``checkpoint-{step}`` atomically: everything goes to a temporary folder that is renamed
+    into place only once complete, so a stop mid-write never leaves a checkpoint that looks whole.
+    Keeps the newest ``keep`` checkpoints."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    partial = final + ".partial"
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    if accelerator.is_main_process:
+        with open(os.path.join(partial, "trainer_state.json"), "w") as handle:
+            json.dump({**state, "step": step}, handle)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found)]
+
+
+def resolve_resume(output_dir: str, resume_from: str | None) -> str | None:
+    """``latest`` picks the newest complete checkpoint in ``output_dir``; a path must be one."""
+    if resume_from is None:
+        return None
+    if resume_from == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    if not os.path.isfile(os.path.join(resume_from, "trainer_state.json")):
+        raise FileNotFoundError(f"--resume-from-checkpoint {resume_from} is not a complete checkpoint "
+                                f"(no trainer_state.json); complete ones in {output_dir}: {list_checkpoints(output_dir)}")
+    return resume_from
+
+
+def load_checkpoint(accelerator: Accelerator, path: str) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; returns the saved trainer state."""
+    accelerator.load_state(path)
+    with open(os.path.join(path, "trainer_state.json")) as handle:
+        return json.load(handle)
+
+
+def infinite_batches(accelerator: Accelerator, dataloader, start_step: int, batches_per_epoch: int):
+    """Yield ``(step, epoch, batch)`` forever from ``start_step``: each epoch reseeds the data order and
+    the augmentations (``set_epoch``), and a resumed run skips the batches already seen this epoch."""
+    step = start_step
+    while True:
+        epoch, seen = divmod(step, batches_per_epoch)
+        dataloader.set_epoch(epoch)
+        dataset = getattr(dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(dataloader, seen) if seen else dataloader
+        for batch in loader:
+            yield step, epoch, batch
+            step += 1
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
