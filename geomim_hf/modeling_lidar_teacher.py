@@ -10,6 +10,7 @@ target grid (the last, by default): the deepest geometry features before the nec
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
         head_channels (`int`, defaults to 64).
         class_names (`tuple[str, ...]`): detection classes (nuScenes' ten).
         target_layer (`int`, defaults to -1): the backbone stage whose output is the BEV target.
-        score_threshold, top_k: decoding.
+        score_threshold, max_detections: decoding (peaks kept before the threshold and NMS).
     """
 
     model_type = "geomim_lidar_teacher"
@@ -53,7 +54,7 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
     def __init__(self, x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), z_range=(-5.0, 3.0), pillar_size=0.2,
                  pillar_channels=64, backbone_channels=(64, 128, 256), backbone_layers=(3, 5, 5),
                  backbone_strides=(2, 2, 2), neck_channels=128, neck_stride=2, head_channels=64,
-                 class_names=NUSCENES_DETECTION_CLASSES, target_layer=-1, score_threshold=0.1, top_k=500, **kwargs):
+                 class_names=NUSCENES_DETECTION_CLASSES, target_layer=-1, score_threshold=0.1, max_detections=500, **kwargs):
         self.x_range, self.y_range, self.z_range = tuple(x_range), tuple(y_range), tuple(z_range)
         self.pillar_size = float(pillar_size)
         self.pillar_channels = pillar_channels
@@ -63,7 +64,7 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
         self.neck_channels, self.neck_stride, self.head_channels = neck_channels, neck_stride, head_channels
         self.class_names = tuple(class_names)
         self.target_layer = target_layer
-        self.score_threshold, self.top_k = score_threshold, top_k
+        self.score_threshold, self.max_detections = score_threshold, max_detections
         super().__init__(**kwargs)
         if not (len(self.backbone_channels) == len(self.backbone_layers) == len(self.backbone_strides)):
             raise ValueError("backbone_channels, backbone_layers and backbone_strides need one entry per stage")
@@ -75,7 +76,7 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
     def target_stride(self) -> int:
         """Stride over the pillars of the target stage."""
         stage = self.target_layer % len(self.backbone_strides)
-        return int(torch.tensor(self.backbone_strides[: stage + 1]).prod())
+        return math.prod(self.backbone_strides[: stage + 1])
 
     @property
     def target_channels(self) -> int:
@@ -96,7 +97,7 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
         channels = list(overrides.pop("backbone_channels", (64, 128, 256)))
         channels[-1] = student.target_channels
         return cls(x_range=student.bev_x_range, y_range=student.bev_y_range,
-                   pillar_size=resolution / int(torch.tensor(strides).prod()), backbone_strides=strides,
+                   pillar_size=resolution / math.prod(strides), backbone_strides=strides,
                    backbone_channels=tuple(channels), class_names=student.class_names, target_layer=-1, **overrides)
 
     def check_student(self, student: GeoMIMConfig) -> None:
@@ -190,5 +191,5 @@ class GeoMIMLidarTeacher(PreTrainedModel):
         """Per sample ego-frame ``boxes`` (P, 7), ``scores``, ``labels`` and ``velocities``."""
         radius = {i: NMS_RADIUS[name] for i, name in enumerate(self.config.class_names)}
         return decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, self.grid,
-                      top_k or self.config.top_k,
+                      top_k or self.config.max_detections,
                       self.config.score_threshold if score_threshold is None else score_threshold, radius)

@@ -35,6 +35,7 @@ def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 
 def make_accelerator(output_dir: str, mixed_precision: str, gradient_accumulation_steps: int, report_to: str | None,
                      seed: int) -> Accelerator:
     """Accelerator with seedable data order (resume replays the same batches) and trackers."""
+    os.makedirs(output_dir, exist_ok=True)
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,

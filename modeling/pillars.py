@@ -7,6 +7,7 @@ Points are in the ego frame, (P, >=5): x, y, z, intensity, time lag. The pillar 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -101,7 +102,7 @@ class PillarEncoder(nn.Module):
                      int(round((x_range[1] - x_range[0]) / pillar_size)))
         self.pfn = PillarFeatureNet(pillar_channels)
         self.backbone = PillarBackbone(pillar_channels, backbone_channels, backbone_layers, backbone_strides)
-        self.stage_strides = [int(torch.tensor(backbone_strides[: i + 1]).prod()) for i in range(len(backbone_strides))]
+        self.stage_strides = [math.prod(backbone_strides[: i + 1]) for i in range(len(backbone_strides))]
         self.neck = PillarNeck(backbone_channels, self.stage_strides, neck_channels, neck_stride)
         self.out_channels = neck_channels * len(backbone_channels)
 

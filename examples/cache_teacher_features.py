@@ -1,0 +1,56 @@
+"""Run the frozen LiDAR teacher once over a split and cache its BEV features (the pretraining
+targets) as one safetensors file per sample, so pretraining needs no teacher forward.
+
+    python examples/cache_teacher_features.py --teacher TEACHER_DIR --dataroot DIR --version v1.0-mini \
+        --split mini_train --output-dir OUT/teacher_features
+    accelerate launch examples/pretrain.py ... --teacher TEACHER_DIR --teacher-features OUT/teacher_features
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from geomim_hf import GeoMIMImageProcessor
+from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
+from geomim_hf.teacher_cache import write_features, write_index
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--sweeps", type=int, default=9)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).eval().to(args.device)
+    rows = load_nuscenes(args.dataroot, args.version, args.split, sweeps=args.sweeps,
+                         classes=teacher.config.class_names)
+    loader = make_dataloader(rows, GeoMIMImageProcessor(), args.batch_size, with_targets=False, with_images=False)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="caching teacher features"):
+            features = teacher.bev_features(batch["lidar_points"].to(args.device),
+                                            batch["ego_from_lidar"].to(args.device),
+                                            batch["point_mask"].to(args.device))
+            for token, bev in zip(batch["sample_token"], features):
+                write_features(args.output_dir, token, bev)
+    config = teacher.config
+    write_index(args.output_dir, {"teacher": os.path.abspath(args.teacher), "split": args.split,
+                                  "sweeps": args.sweeps, "samples": len(rows), "x_range": list(config.x_range),
+                                  "y_range": list(config.y_range), "channels": config.target_channels,
+                                  "resolution": config.target_resolution})
+    print(f"cached teacher features of {len(rows)} samples in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""GeoMIM pretraining: reconstruct a frozen LiDAR teacher's BEV features from masked multi-view images.
+
+    accelerate launch examples/pretrain.py --dataset nuscenes --dataroot DIR --version v1.0-mini \
+        --train-split mini_train --model-config geomim-tiny --teacher TEACHER_DIR --output-dir OUT --max-steps 500
+
+Teacher targets are computed on the fly by the frozen teacher, or read from a cache written by
+``examples/cache_teacher_features.py`` (``--teacher-features DIR``). As the official recipe, the BEV
+augmentation is random flips of x and y, applied to student and teacher alike. Checkpoints are
+written atomically every ``--checkpointing-steps``; ``--resume-from-checkpoint latest`` continues
+exactly where a run stopped. The final model is saved with ``save_pretrained`` in ``OUT`` (its
+encoder loads alone into ``GeoMIMModel`` and the detector), with the loss history and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
+from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
+from geomim_hf.teacher_cache import TeacherFeatureCache
+from geomim_hf.training import (
+    cosine_lr_lambda,
+    infinite_batches,
+    load_checkpoint,
+    make_accelerator,
+    resolve_resume,
+    save_checkpoint,
+)
+
+logger = get_logger(__name__)
+MODEL_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--model-config", default="geomim-tiny", help="a preset name or a folder with config.json")
+    parser.add_argument("--teacher", required=True, help="folder of a trained GeoMIMLidarTeacher (save_pretrained)")
+    parser.add_argument("--teacher-features", default=None, help="cached targets (examples/cache_teacher_features.py)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--sweeps", type=int, default=9, help="LiDAR sweeps for the teacher and the depth labels")
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=2, help="per process (official: 2 per GPU x 8)")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--max-grad-norm", type=float, default=35.0)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpointing-steps", type=int, default=500)
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
+    return parser.parse_args(argv)
+
+
+def load_config(name: str) -> GeoMIMConfig:
+    return GeoMIMConfig.from_pretrained(name) if os.path.isdir(name) else GeoMIMConfig.from_preset(name)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
+                                   args.report_to, args.seed)
+    config = load_config(args.model_config)
+    model = GeoMIMForMaskedBEVModeling(config)
+    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).eval().requires_grad_(False)
+    teacher.config.check_student(config)
+    cache = TeacherFeatureCache(args.teacher_features) if args.teacher_features else None
+    logger.info(f"student {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; targets "
+                f"{'from ' + args.teacher_features if cache else 'by the frozen teacher'}", main_process_only=True)
+
+    with accelerator.main_process_first():
+        rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
+                             classes=config.class_names)
+    # Official pretraining augmentation: image resize/crop/flip/rotate, BEV flips only.
+    processor = GeoMIMImageProcessor(image_size=config.image_size, bev_rotate_range=(0.0, 0.0),
+                                     bev_scale_range=(1.0, 1.0), depth_stride=16)
+    loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
+                             seed=args.seed, return_depth=True, with_targets=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(args.warmup_steps, args.max_steps))
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    teacher.to(accelerator.device)  # frozen: no DDP wrapper
+    accelerator.init_trackers("geomim_pretrain", config=vars(args))
+
+    start_step = 0
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    if resume:
+        start_step = load_checkpoint(accelerator, resume)["step"]
+        logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
+
+    model.train()
+    history_path = os.path.join(args.output_dir, "loss_history.jsonl")
+    history = open(history_path, "a") if accelerator.is_main_process else None
+    progress = tqdm(total=args.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_main_process)
+    started = time.perf_counter()
+    for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
+        if step >= args.max_steps:
+            break
+        # The mask is one draw per step, shared by the batch and the processes: seeded by the step.
+        mask = random_cell_mask(config, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        with torch.no_grad():
+            if cache is not None:
+                target = cache.load(batch["sample_token"], batch["bev_transform"]).to(accelerator.device)
+            else:
+                target = teacher(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"]).bev_features
+        with accelerator.accumulate(model):
+            out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
+                        bool_masked_pos=mask)
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        progress.update(1)
+        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
+            logs = {"loss": out.loss.item(), "reconstruction_loss": out.reconstruction_loss.item(),
+                    "depth_loss": out.depth_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
+            accelerator.log(logs, step=step + 1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            if history:
+                history.write(json.dumps({"step": step + 1, **logs}) + "\n")
+                history.flush()
+        if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
+    progress.close()
+    seconds = time.perf_counter() - started
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(args.output_dir)
+        processor.save_pretrained(args.output_dir)
+        history.close()
+        steps_run = max(args.max_steps - start_step, 1)
+        summary = {"steps": args.max_steps, "seconds": round(seconds, 1), "seconds_per_step": seconds / steps_run}
+        with open(os.path.join(args.output_dir, "pretrain_summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+        plot_losses(history_path, os.path.join(args.output_dir, "loss_curve.png"))
+        logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)
+    accelerator.end_training()
+
+
+def plot_losses(history_path: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(history_path)]
+    if not records:
+        return
+    steps = np.array([r["step"] for r in records])
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, key, title in ((axes[0], "reconstruction_loss", "BEV reconstruction (MSE)"),
+                             (axes[1], "depth_loss", "depth (BCE)")):
+        axis.plot(steps, [r[key] for r in records])
+        axis.set_xlabel("step")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Train the pillar CenterPoint LiDAR teacher whose BEV features GeoMIM reconstructs, and evaluate it
+with the nuScenes devkit.
+
+    accelerate launch examples/train_lidar_teacher.py --dataroot DIR --version v1.0-mini \
+        --train-split mini_train --val-split mini_val --model-config geomim-tiny --output-dir OUT --max-steps 2000
+
+The teacher's target stage is laid out on the student's target grid (``--model-config``), so its
+features are the pretraining target as they are. The final teacher is saved with
+``save_pretrained`` in ``OUT``, its devkit metrics in ``OUT/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
+from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.training import (
+    cosine_lr_lambda,
+    infinite_batches,
+    load_checkpoint,
+    make_accelerator,
+    resolve_resume,
+    save_checkpoint,
+)
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val", help="evaluated with the devkit at the end ('' to skip)")
+    parser.add_argument("--model-config", default="geomim-tiny", help="the student preset whose target grid to match")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--sweeps", type=int, default=9, help="earlier LiDAR sweeps merged into each keyframe")
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=4, help="per process")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--max-grad-norm", type=float, default=35.0)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpointing-steps", type=int, default=500)
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    parser.add_argument("--logging-steps", type=int, default=50)
+    parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
+                                   args.report_to, args.seed)
+    student = GeoMIMConfig.from_preset(args.model_config)
+    config = GeoMIMLidarTeacherConfig.for_student(student, **TEACHER_PRESETS.get(args.model_config, {}))
+    model = GeoMIMLidarTeacher(config)
+    logger.info(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, pillars "
+                f"{config.pillar_size} m, target stage {config.target_channels} x {student.target_grid_size}",
+                main_process_only=True)
+
+    with accelerator.main_process_first():
+        train_rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
+                                   classes=config.class_names)
+    processor = GeoMIMImageProcessor()  # only its BEV augmentation is used: rotate, scale, mirror
+    loader = make_dataloader(train_rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
+                             seed=args.seed, with_images=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(args.warmup_steps, args.max_steps))
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    accelerator.init_trackers("geomim_lidar_teacher", config=vars(args))
+
+    start_step = 0
+    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
+    if resume:
+        start_step = load_checkpoint(accelerator, resume)["step"]
+        logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
+
+    model.train()
+    progress = tqdm(total=args.max_steps, initial=start_step, desc="teacher", disable=not accelerator.is_main_process)
+    history = open(os.path.join(args.output_dir, "loss_history.jsonl"), "a") if accelerator.is_main_process else None
+    started = time.perf_counter()
+    for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
+        if step >= args.max_steps:
+            break
+        with accelerator.accumulate(model):
+            out = model(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"], boxes=batch["boxes"],
+                        velocities=batch["velocities"], labels=batch["labels"], box_mask=batch["box_mask"])
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        progress.update(1)
+        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
+            logs = {"loss": out.loss.item(), "heatmap_loss": out.heatmap_loss.item(),
+                    "regression_loss": out.regression_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
+            accelerator.log(logs, step=step + 1)
+            progress.set_postfix(loss=f"{logs['loss']:.3f}")
+            if history:
+                history.write(json.dumps({"step": step + 1, **logs}) + "\n")
+                history.flush()
+        if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        model.save_pretrained(args.output_dir)
+        metrics = {"train_seconds": round(train_seconds, 1), "steps": args.max_steps}
+        if args.val_split:
+            metrics.update(evaluate(model, args, config))
+        with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
+            json.dump(metrics, handle, indent=2)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def evaluate(model, args, config) -> dict:
+    """Devkit NDS/mAP of the teacher on the validation split."""
+    from geomim_hf.evaluation import evaluate_nuscenes, format_metrics, write_nuscenes_submission
+
+    rows = load_nuscenes(args.dataroot, args.version, args.val_split, sweeps=args.sweeps, classes=config.class_names)
+    loader = make_dataloader(rows, GeoMIMImageProcessor(), batch_size=args.batch_size, with_images=False)
+    model.eval()
+    predictions, samples = [], []
+    for batch in tqdm(loader, desc="evaluating teacher"):
+        outputs = model(batch["lidar_points"].to(model.device), batch["ego_from_lidar"].to(model.device),
+                        batch["point_mask"].to(model.device))
+        for result, token, global_from_ego in zip(model.post_process(outputs, score_threshold=0.05),
+                                                  batch["sample_token"], batch["global_from_ego"]):
+            predictions.append({k: v.cpu() for k, v in result.items()})
+            samples.append({"sample_token": token, "global_from_ego": global_from_ego.numpy()})
+    path = write_nuscenes_submission(predictions, samples, os.path.join(args.output_dir, "results_nusc.json"),
+                                     meta={"use_camera": False, "use_lidar": True, "use_radar": False,
+                                           "use_map": False, "use_external": False}, classes=config.class_names)
+    metrics = evaluate_nuscenes(args.dataroot, args.version, args.val_split, path,
+                                os.path.join(args.output_dir, "nuscenes_eval"))
+    print(format_metrics(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
