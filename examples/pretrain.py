@@ -93,7 +93,10 @@ def main(argv=None) -> None:
     loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
                              seed=args.seed, return_depth=True, with_targets=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(args.warmup_steps, args.max_steps))
+    # Accelerate steps a prepared scheduler once per process and optimizer step: count in those steps.
+    processes = accelerator.num_processes
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_lr_lambda(args.warmup_steps * processes, args.max_steps * processes))
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     teacher.to(accelerator.device)  # frozen: no DDP wrapper
     accelerator.init_trackers("geomim_pretrain", config=vars(args))

@@ -1,0 +1,88 @@
+"""examples/pretrain.py and examples/cache_teacher_features.py, run as a user runs them."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMModel
+from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.teacher_cache import TeacherFeatureCache
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """An untrained teacher is enough to exercise the pipeline."""
+    torch.manual_seed(0)
+    config = GeoMIMLidarTeacherConfig.for_student(GeoMIMConfig.from_preset("geomim-tiny"),
+                                                  **TEACHER_PRESETS["geomim-tiny"])
+    path = tmp_path_factory.mktemp("teacher")
+    GeoMIMLidarTeacher(config).save_pretrained(path)
+    return path
+
+
+def _pretrain(nuscenes_root, teacher_dir, output_dir, *extra, launcher=()):
+    command = [*launcher, str(REPO / "examples" / "pretrain.py"), "--dataroot", str(nuscenes_root), "--version",
+               "v1.0-mini", "--train-split", "mini_val", "--model-config", "geomim-tiny", "--teacher", str(teacher_dir),
+               "--output-dir", str(output_dir), "--batch-size", "1", "--num-workers", "0", "--logging-steps", "1",
+               "--checkpointing-steps", "2", "--warmup-steps", "2", "--sweeps", "2", *extra]
+    if not launcher:
+        command.insert(0, sys.executable)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in open(output_dir / "loss_history.jsonl")]
+
+
+def test_pretrain_saves_a_model_and_resumes_exactly(nuscenes_root, teacher_dir, tmp_path):
+    straight = _pretrain(nuscenes_root, teacher_dir, tmp_path / "straight", "--max-steps", "4")
+    assert [r["step"] for r in straight] == [1, 2, 3, 4]
+    out = tmp_path / "straight"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "loss_curve.png",
+                 "pretrain_summary.json", "checkpoint-2", "checkpoint-4"):
+        assert (out / name).exists(), name
+    assert not list(out.glob("*.partial"))
+    GeoMIMForMaskedBEVModeling.from_pretrained(out)
+    GeoMIMModel.from_pretrained(out)  # the encoder alone
+
+    # Stop after step 2, resume from the checkpoint: the same losses as the straight run.
+    _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "2")
+    resumed = _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "4",
+                        "--resume-from-checkpoint", "latest")
+    assert resumed == straight
+
+
+def test_pretrain_runs_as_two_cpu_processes(nuscenes_root, teacher_dir, tmp_path):
+    launcher = (shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate", "launch",
+                "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no")
+    history = _pretrain(nuscenes_root, teacher_dir, tmp_path / "ddp", "--max-steps", "3", launcher=launcher)
+    assert [r["step"] for r in history] == [1, 2, 3] and all(r["loss"] > 0 for r in history)
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_cached_teacher_features(nuscenes_root, teacher_dir, tmp_path):
+    cache_dir = tmp_path / "features"
+    subprocess.run([sys.executable, str(REPO / "examples" / "cache_teacher_features.py"), "--teacher", str(teacher_dir),
+                    "--dataroot", str(nuscenes_root), "--version", "v1.0-mini", "--split", "mini_val", "--sweeps", "2",
+                    "--output-dir", str(cache_dir)], check=True, capture_output=True)
+    cache = TeacherFeatureCache(str(cache_dir))
+    assert cache.info["samples"] == 6 and len(list(cache_dir.glob("*.safetensors"))) == 6
+    token = next(cache_dir.glob("*.safetensors")).stem
+    mirror_y = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0]))[None]
+    plain = cache.load([token], torch.eye(4)[None])
+    torch.testing.assert_close(cache.load([token], mirror_y), torch.flip(plain, [-2]))
+    with pytest.raises(ValueError, match="allow BEV mirrors only"):
+        rotation = torch.eye(4)[None].clone()
+        rotation[0, :2, :2] = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+        cache.load([token], rotation)
+    history = _pretrain(nuscenes_root, teacher_dir, tmp_path / "cached", "--max-steps", "2", "--teacher-features",
+                        str(cache_dir))
+    assert len(history) == 2
