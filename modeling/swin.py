@@ -233,7 +233,8 @@ class SwinEncoder(nn.Module):
         if absolute_position_embedding_size is not None:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *absolute_position_embedding_size))
         dims = [embed_dim * 2**i for i in range(len(depths))]
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # stochastic depth grows linearly over the blocks (plain Python: meta-device safe)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         resolution = [s // patch_size for s in self.padded_size]
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
