@@ -21,17 +21,18 @@ import time
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.training import (
-    cosine_lr_lambda,
+    TrainingLog,
     infinite_batches,
     load_checkpoint,
     make_accelerator,
+    make_schedule,
+    optimizer_step,
     resolve_resume,
     save_checkpoint,
 )
@@ -93,10 +94,7 @@ def main(argv=None) -> None:
     loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
                              seed=args.seed, return_depth=True, with_targets=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    # Accelerate steps a prepared scheduler once per process and optimizer step: count in those steps.
-    processes = accelerator.num_processes
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_lr_lambda(args.warmup_steps * processes, args.max_steps * processes))
+    schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     teacher.to(accelerator.device)  # frozen: no DDP wrapper
     accelerator.init_trackers("geomim_pretrain", config=vars(args))
@@ -108,9 +106,7 @@ def main(argv=None) -> None:
         logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
 
     model.train()
-    history_path = os.path.join(args.output_dir, "loss_history.jsonl")
-    history = open(history_path, "a") if accelerator.is_main_process else None
-    progress = tqdm(total=args.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_main_process)
+    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "pretraining")
     started = time.perf_counter()
     for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
         if step >= args.max_steps:
@@ -125,36 +121,26 @@ def main(argv=None) -> None:
         with accelerator.accumulate(model):
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
                         bool_masked_pos=mask)
-            accelerator.backward(out.loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-        progress.update(1)
+            optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
+        logs = None
         if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
             logs = {"loss": out.loss.item(), "reconstruction_loss": out.reconstruction_loss.item(),
                     "depth_loss": out.depth_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
-            accelerator.log(logs, step=step + 1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            if history:
-                history.write(json.dumps({"step": step + 1, **logs}) + "\n")
-                history.flush()
+        log.update(step, logs)
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
-    progress.close()
+    log.close()
     seconds = time.perf_counter() - started
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(args.output_dir)
         processor.save_pretrained(args.output_dir)
-        history.close()
         steps_run = max(args.max_steps - start_step, 1)
         summary = {"steps": args.max_steps, "seconds": round(seconds, 1), "seconds_per_step": seconds / steps_run}
         with open(os.path.join(args.output_dir, "pretrain_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
-        plot_losses(history_path, os.path.join(args.output_dir, "loss_curve.png"))
+        plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)
     accelerator.end_training()
 

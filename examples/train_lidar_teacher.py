@@ -24,10 +24,12 @@ from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.training import (
-    cosine_lr_lambda,
+    TrainingLog,
     infinite_batches,
     load_checkpoint,
     make_accelerator,
+    make_schedule,
+    optimizer_step,
     resolve_resume,
     save_checkpoint,
 )
@@ -80,10 +82,7 @@ def main(argv=None) -> None:
     loader = make_dataloader(train_rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
                              seed=args.seed, with_images=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    # Accelerate steps a prepared scheduler once per process and optimizer step: count in those steps.
-    processes = accelerator.num_processes
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_lr_lambda(args.warmup_steps * processes, args.max_steps * processes))
+    schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     accelerator.init_trackers("geomim_lidar_teacher", config=vars(args))
 
@@ -94,8 +93,7 @@ def main(argv=None) -> None:
         logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
 
     model.train()
-    progress = tqdm(total=args.max_steps, initial=start_step, desc="teacher", disable=not accelerator.is_main_process)
-    history = open(os.path.join(args.output_dir, "loss_history.jsonl"), "a") if accelerator.is_main_process else None
+    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "teacher")
     started = time.perf_counter()
     for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
         if step >= args.max_steps:
@@ -103,24 +101,15 @@ def main(argv=None) -> None:
         with accelerator.accumulate(model):
             out = model(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"], boxes=batch["boxes"],
                         velocities=batch["velocities"], labels=batch["labels"], box_mask=batch["box_mask"])
-            accelerator.backward(out.loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-        progress.update(1)
+            optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
+        logs = None
         if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
             logs = {"loss": out.loss.item(), "heatmap_loss": out.heatmap_loss.item(),
                     "regression_loss": out.regression_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
-            accelerator.log(logs, step=step + 1)
-            progress.set_postfix(loss=f"{logs['loss']:.3f}")
-            if history:
-                history.write(json.dumps({"step": step + 1, **logs}) + "\n")
-                history.flush()
+        log.update(step, logs)
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
-    progress.close()
+    log.close()
     train_seconds = time.perf_counter() - started
 
     accelerator.wait_for_everyone()

@@ -32,6 +32,54 @@ def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 
     return multiplier
 
 
+def make_schedule(optimizer, accelerator: Accelerator, warmup_steps: int, max_steps: int):
+    """The cosine schedule, counted in scheduler steps: Accelerate steps a prepared scheduler once per
+    process and optimizer step."""
+    processes = accelerator.num_processes
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(warmup_steps * processes,
+                                                                         max_steps * processes))
+
+
+def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, loss: torch.Tensor,
+                   max_grad_norm: float) -> None:
+    """Backward, clip when the gradients are synchronised, step; inside ``accelerator.accumulate``."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+
+
+class TrainingLog:
+    """A progress bar, the tracker logs and a JSON-lines loss history (``loss_history.jsonl``), all on
+    the main process; a resumed run appends to the same history."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str, total: int, initial: int, description: str):
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.path = os.path.join(output_dir, "loss_history.jsonl")
+        self.progress = tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process)
+        self.history = open(self.path, "a") if accelerator.is_main_process else None
+
+    def update(self, step: int, logs: dict | None = None) -> None:
+        """Advance the bar after ``step`` (0-based); record ``logs`` under step + 1 when given."""
+        self.progress.update(1)
+        if logs is None:
+            return
+        self.accelerator.log(logs, step=step + 1)
+        self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        if self.history:
+            self.history.write(json.dumps({"step": step + 1, **logs}) + "\n")
+            self.history.flush()
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.history:
+            self.history.close()
+
+
 def make_accelerator(output_dir: str, mixed_precision: str, gradient_accumulation_steps: int, report_to: str | None,
                      seed: int) -> Accelerator:
     """Accelerator with seedable data order (resume replays the same batches) and trackers."""

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .geometry import invert_rigid, make_transform, wrap_angle
+from .geometry import invert_rigid, wrap_angle
 from .raycast import render_camera
 from .synthetic import Scene, SensorRig, cast_lidar_settled, location_grid, simulate_scene, waymo_rig
 
