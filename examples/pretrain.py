@@ -28,12 +28,12 @@ from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.training import (
     TrainingLog,
+    add_training_arguments,
     infinite_batches,
-    load_checkpoint,
     make_accelerator,
     make_schedule,
     optimizer_step,
-    resolve_resume,
+    resume,
     save_checkpoint,
 )
 
@@ -43,29 +43,12 @@ MODEL_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
-    parser.add_argument("--dataroot", required=True)
-    parser.add_argument("--version", default="v1.0-trainval")
-    parser.add_argument("--train-split", default="train")
+    # The official recipe: batch 2 per GPU x 8, AdamW 2e-4, 500 warmup iterations.
+    add_training_arguments(parser, max_steps=1000, batch_size=2, learning_rate=2e-4, warmup_steps=500,
+                           logging_steps=10)
     parser.add_argument("--model-config", default="geomim-tiny", help="a preset name or a folder with config.json")
     parser.add_argument("--teacher", required=True, help="folder of a trained GeoMIMLidarTeacher (save_pretrained)")
     parser.add_argument("--teacher-features", default=None, help="cached targets (examples/cache_teacher_features.py)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--sweeps", type=int, default=9, help="LiDAR sweeps for the teacher and the depth labels")
-    parser.add_argument("--max-steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=2, help="per process (official: 2 per GPU x 8)")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=500)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--max-grad-norm", type=float, default=35.0)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=500)
-    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
     return parser.parse_args(argv)
 
 
@@ -99,14 +82,11 @@ def main(argv=None) -> None:
     teacher.to(accelerator.device)  # frozen: no DDP wrapper
     accelerator.init_trackers("geomim_pretrain", config=vars(args))
 
-    start_step = 0
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
-    if resume:
-        start_step = load_checkpoint(accelerator, resume)["step"]
-        logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
+    start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
 
     model.train()
-    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "pretraining")
+    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "pretraining", args.logging_steps,
+                      ("reconstruction_loss", "depth_loss"))
     started = time.perf_counter()
     for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
         if step >= args.max_steps:
@@ -122,11 +102,7 @@ def main(argv=None) -> None:
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
                         bool_masked_pos=mask)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
-        logs = None
-        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
-            logs = {"loss": out.loss.item(), "reconstruction_loss": out.reconstruction_loss.item(),
-                    "depth_loss": out.depth_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
-        log.update(step, logs)
+        log.update(step, epoch, out, schedule.get_last_lr()[0])
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()

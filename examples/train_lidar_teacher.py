@@ -25,12 +25,12 @@ from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.training import (
     TrainingLog,
+    add_training_arguments,
     infinite_batches,
-    load_checkpoint,
     make_accelerator,
     make_schedule,
     optimizer_step,
-    resolve_resume,
+    resume,
     save_checkpoint,
 )
 
@@ -39,28 +39,10 @@ logger = get_logger(__name__)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
-    parser.add_argument("--dataroot", required=True)
-    parser.add_argument("--version", default="v1.0-trainval")
-    parser.add_argument("--train-split", default="train")
+    add_training_arguments(parser, max_steps=2000, batch_size=4, learning_rate=2e-3, warmup_steps=100,
+                           logging_steps=50)
     parser.add_argument("--val-split", default="val", help="evaluated with the devkit at the end ('' to skip)")
     parser.add_argument("--model-config", default="geomim-tiny", help="the student preset whose target grid to match")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--sweeps", type=int, default=9, help="earlier LiDAR sweeps merged into each keyframe")
-    parser.add_argument("--max-steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=4, help="per process")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--max-grad-norm", type=float, default=35.0)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=500)
-    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    parser.add_argument("--logging-steps", type=int, default=50)
-    parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
     return parser.parse_args(argv)
 
 
@@ -86,14 +68,11 @@ def main(argv=None) -> None:
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     accelerator.init_trackers("geomim_lidar_teacher", config=vars(args))
 
-    start_step = 0
-    resume = resolve_resume(args.output_dir, args.resume_from_checkpoint)
-    if resume:
-        start_step = load_checkpoint(accelerator, resume)["step"]
-        logger.info(f"resumed from {resume} at step {start_step}", main_process_only=True)
+    start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
 
     model.train()
-    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "teacher")
+    log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "teacher", args.logging_steps,
+                      ("heatmap_loss", "regression_loss"))
     started = time.perf_counter()
     for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
         if step >= args.max_steps:
@@ -102,11 +81,7 @@ def main(argv=None) -> None:
             out = model(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"], boxes=batch["boxes"],
                         velocities=batch["velocities"], labels=batch["labels"], box_mask=batch["box_mask"])
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
-        logs = None
-        if (step + 1) % args.logging_steps == 0 or step + 1 == args.max_steps:
-            logs = {"loss": out.loss.item(), "heatmap_loss": out.heatmap_loss.item(),
-                    "regression_loss": out.regression_loss.item(), "lr": schedule.get_last_lr()[0], "epoch": epoch}
-        log.update(step, logs)
+        log.update(step, epoch, out, schedule.get_last_lr()[0])
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()

@@ -19,6 +19,32 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
+def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
+                           logging_steps: int) -> None:
+    """The flags every training script takes: data source, schedule, precision, checkpoints, trackers.
+    Defaults that differ between scripts are passed in."""
+    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--sweeps", type=int, default=9, help="earlier LiDAR sweeps merged into each keyframe")
+    parser.add_argument("--max-steps", type=int, default=max_steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--max-grad-norm", type=float, default=35.0)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpointing-steps", type=int, default=500, help="0: none")
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    parser.add_argument("--logging-steps", type=int, default=logging_steps)
+    parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
+
+
 def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 1 / 3, final: float = 1e-3):
     """Multiplier of the base learning rate at a step: linear warmup from ``warmup_start``, then cosine
     down to ``final`` (the official GeoMIM schedule: from lr/3 over 500 iterations, to 1e-3 lr)."""
@@ -53,21 +79,26 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, loss: t
 
 class TrainingLog:
     """A progress bar, the tracker logs and a JSON-lines loss history (``loss_history.jsonl``), all on
-    the main process; a resumed run appends to the same history."""
+    the main process; a resumed run appends to the same history. Every ``logging_steps`` (and at the
+    last step) it records ``loss``, the output's ``loss_names``, the learning rate and the epoch."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: str, total: int, initial: int, description: str):
+    def __init__(self, accelerator: Accelerator, output_dir: str, total: int, initial: int, description: str,
+                 logging_steps: int, loss_names: tuple[str, ...]):
         from tqdm.auto import tqdm
 
-        self.accelerator = accelerator
+        self.accelerator, self.total, self.logging_steps = accelerator, total, logging_steps
+        self.loss_names = ("loss", *loss_names)
         self.path = os.path.join(output_dir, "loss_history.jsonl")
         self.progress = tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process)
         self.history = open(self.path, "a") if accelerator.is_main_process else None
 
-    def update(self, step: int, logs: dict | None = None) -> None:
-        """Advance the bar after ``step`` (0-based); record ``logs`` under step + 1 when given."""
+    def update(self, step: int, epoch: int, output, learning_rate: float) -> None:
+        """After ``step`` (0-based): advance the bar and, when due, record the losses under step + 1."""
         self.progress.update(1)
-        if logs is None:
+        if (step + 1) % self.logging_steps and step + 1 != self.total:
             return
+        logs = {name: getattr(output, name).item() for name in self.loss_names}
+        logs.update(lr=learning_rate, epoch=epoch)
         self.accelerator.log(logs, step=step + 1)
         self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
         if self.history:
@@ -143,6 +174,16 @@ def load_checkpoint(accelerator: Accelerator, path: str) -> dict:
     accelerator.load_state(path)
     with open(os.path.join(path, "trainer_state.json")) as handle:
         return json.load(handle)
+
+
+def resume(accelerator: Accelerator, output_dir: str, resume_from: str | None) -> int:
+    """Restore a checkpoint when asked (a folder or ``latest``); returns the step to continue from."""
+    path = resolve_resume(output_dir, resume_from)
+    if path is None:
+        return 0
+    step = load_checkpoint(accelerator, path)["step"]
+    logger.info(f"resumed from {path} at step {step}", main_process_only=True)
+    return step
 
 
 def infinite_batches(accelerator: Accelerator, dataloader, start_step: int, batches_per_epoch: int):
