@@ -63,6 +63,18 @@ class GeoMIMConfig(PreTrainedConfig):
         target_norm_eps (`float`, defaults to 1e-6): variance epsilon of the patch normalisation.
         depth_loss_weight (`float`, defaults to 0.01): weight of the depth BCE next to the BEV MSE.
         class_names (`tuple[str, ...]`): detection classes, nuScenes' ten by default.
+        det_depth_bins (`tuple[float, float, float]`, defaults to `(1.0, 60.0, 1.0)`): the detector's depth bins.
+        det_context_channels (`int`, defaults to 80), det_depth_net_channels (`int`, defaults to 256),
+        det_neck_channels (`int`, defaults to 256): the detector's lift and image neck widths.
+        det_bev_x_range, det_bev_y_range (`tuple[float, float]`, defaults to `(-51.2, 51.2)`),
+        det_bev_z_range (`tuple[float, float]`, defaults to `(-5.0, 3.0)`), det_bev_resolution (`float`,
+            defaults to 0.8): the detector's BEV grid (128 x 128 officially).
+        det_bev_encoder_channels (`tuple[int, int, int]`, defaults to `(160, 320, 640)`),
+        det_bev_neck_channels (`int`, defaults to 256), det_head_channels (`int`, defaults to 64):
+            BEV encoder, its FPN and the CenterPoint head.
+        det_temporal (`bool`, defaults to `True`): BEVDet4D, the previous keyframe's BEV alongside.
+        det_depth_loss_weight (`float`, defaults to 3.0): BEVDepth's weight of the depth BCE.
+        det_score_threshold (`float`, defaults to 0.1), det_max_detections (`int`, defaults to 500).
         kernel_backend (`str`, defaults to `"auto"`): BEV pooling kernels, `"auto"`, `"torch"` or `"triton"`.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialiser.
     """
@@ -112,6 +124,21 @@ class GeoMIMConfig(PreTrainedConfig):
         target_norm_eps: float = 1e-6,
         depth_loss_weight: float = 0.01,
         class_names: tuple[str, ...] = NUSCENES_DETECTION_CLASSES,
+        det_depth_bins: tuple[float, float, float] = (1.0, 60.0, 1.0),
+        det_context_channels: int = 80,
+        det_depth_net_channels: int = 256,
+        det_neck_channels: int = 256,
+        det_bev_x_range: tuple[float, float] = (-51.2, 51.2),
+        det_bev_y_range: tuple[float, float] = (-51.2, 51.2),
+        det_bev_z_range: tuple[float, float] = (-5.0, 3.0),
+        det_bev_resolution: float = 0.8,
+        det_bev_encoder_channels: tuple[int, int, int] = (160, 320, 640),
+        det_bev_neck_channels: int = 256,
+        det_head_channels: int = 64,
+        det_temporal: bool = True,
+        det_depth_loss_weight: float = 3.0,
+        det_score_threshold: float = 0.1,
+        det_max_detections: int = 500,
         kernel_backend: str = "auto",
         initializer_range: float = 0.02,
         **kwargs,
@@ -157,6 +184,21 @@ class GeoMIMConfig(PreTrainedConfig):
         self.target_norm_eps = target_norm_eps
         self.depth_loss_weight = depth_loss_weight
         self.class_names = tuple(class_names)
+        self.det_depth_bins = tuple(float(v) for v in det_depth_bins)
+        self.det_context_channels = det_context_channels
+        self.det_depth_net_channels = det_depth_net_channels
+        self.det_neck_channels = det_neck_channels
+        self.det_bev_x_range = tuple(float(v) for v in det_bev_x_range)
+        self.det_bev_y_range = tuple(float(v) for v in det_bev_y_range)
+        self.det_bev_z_range = tuple(float(v) for v in det_bev_z_range)
+        self.det_bev_resolution = float(det_bev_resolution)
+        self.det_bev_encoder_channels = tuple(det_bev_encoder_channels)
+        self.det_bev_neck_channels = det_bev_neck_channels
+        self.det_head_channels = det_head_channels
+        self.det_temporal = det_temporal
+        self.det_depth_loss_weight = det_depth_loss_weight
+        self.det_score_threshold = det_score_threshold
+        self.det_max_detections = det_max_detections
         self.kernel_backend = kernel_backend
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -180,6 +222,11 @@ class GeoMIMConfig(PreTrainedConfig):
     @property
     def num_depth_bins(self) -> int:
         start, stop, step = self.depth_bins
+        return int(round((stop - start) / step))
+
+    @property
+    def det_num_depth_bins(self) -> int:
+        start, stop, step = self.det_depth_bins
         return int(round((stop - start) / step))
 
     @property
@@ -240,5 +287,8 @@ PRESETS: dict[str, dict] = {
         "camera_aware_hidden_size": 64, "depth_bins": (1.0, 60.0, 2.0), "context_channels": 32,
         "depth_net_channels": 64, "bev_x_range": (-51.2, 51.2), "bev_y_range": (-51.2, 51.2),
         "bev_resolution": 1.6, "target_channels": 64, "target_patch_size": 8,
+        "det_depth_bins": (1.0, 60.0, 2.0), "det_context_channels": 32, "det_depth_net_channels": 64,
+        "det_neck_channels": 64, "det_bev_resolution": 1.6, "det_bev_encoder_channels": (32, 64, 128),
+        "det_bev_neck_channels": 64, "det_head_channels": 32,
     },
 }

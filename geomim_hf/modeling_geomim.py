@@ -18,9 +18,13 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .configuration_geomim import GeoMIMConfig
+from .data.records import ATTRIBUTE_NAMES
+from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_heatmap_output
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
+from .modeling.necks import BevEncoder, ImageFPN
 from .modeling.swin import SwinEncoder, WindowAttention
-from .modeling.view_transformer import BevDownsample, DepthNet, LiftSplat, camera_vector
+from .modeling.view_transformer import BevDownsample, CameraAwareDepthNet, DepthNet, LiftSplat, camera_vector
+from .modeling_lidar_teacher import NMS_RADIUS
 
 logger = logging.get_logger(__name__)
 
@@ -90,6 +94,40 @@ class MaskedBEVModelingOutput(ModelOutput):
     bool_masked_pos: torch.Tensor | None = None
 
 
+@dataclass
+class BEVDetectionOutput(ModelOutput):
+    """
+    loss: heatmap_loss + 0.25 regression_loss + 0.2 attribute_loss + det_depth_loss_weight * depth_loss.
+    heatmap_loss, regression_loss, attribute_loss, depth_loss: the terms, given targets.
+    heatmap: (B, K, Y, X) class logits; regression: (B, 10, Y, X); attributes: (B, A, Y, X).
+    depth: (B, N, D, h, w) depth logits of the current frame.
+    bev_features: (B, C, Y, X) the BEV encoder's output.
+    """
+
+    loss: torch.Tensor | None = None
+    heatmap_loss: torch.Tensor | None = None
+    regression_loss: torch.Tensor | None = None
+    attribute_loss: torch.Tensor | None = None
+    depth_loss: torch.Tensor | None = None
+    heatmap: torch.Tensor | None = None
+    regression: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    bev_features: torch.Tensor | None = None
+
+
+def depth_bce(depth_logits: torch.Tensor, labels: torch.Tensor, depth_bins: tuple[float, float, float]) -> torch.Tensor:
+    """BEVDepth's depth loss: softmax over bins against one-hot bins, summed over bins and averaged
+    over the pixels that have a depth. depth_logits (..., D, h, w); labels (..., h, w) metres."""
+    bins = depth_bins_of(labels, depth_bins)
+    valid = bins >= 0
+    count = depth_logits.shape[-3]
+    probabilities = depth_logits.float().softmax(-3).movedim(-3, -1)[valid]  # (P, D)
+    one_hot = F.one_hot(bins[valid], count).float()
+    return F.binary_cross_entropy(probabilities.clamp(1e-6, 1 - 1e-6), one_hot, reduction="sum") / \
+        max(int(valid.sum()), 1)
+
+
 class GeoMIMPreTrainedModel(PreTrainedModel):
     config_class = GeoMIMConfig
     base_model_prefix = "geomim"
@@ -113,6 +151,8 @@ class GeoMIMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.reset_running_stats()
+        elif isinstance(module, nn.Conv2d) and hasattr(module, "prior_bias"):
+            init_heatmap_output(module)
         elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
@@ -295,16 +335,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         """BEVDepth's depth BCE: softmax over bins against one-hot bins, summed over bins, averaged over
         the pixels that have a depth, and over the groups. depth_logits (B, G, N, D, h, w); labels
         (B, N, h, w) metres."""
-        bins = depth_bins_of(labels, self.config.depth_bins)  # (B, N, h, w)
-        valid = bins >= 0
-        probabilities = depth_logits.float().softmax(3).permute(0, 1, 2, 4, 5, 3)  # (B, G, N, h, w, D)
-        one_hot = F.one_hot(bins.clamp(min=0), self.config.num_depth_bins).float()  # (B, N, h, w, D)
-        losses = []
-        for group in range(probabilities.shape[1]):
-            chosen = probabilities[:, group][valid]  # (P, D)
-            losses.append(F.binary_cross_entropy(chosen.clamp(1e-6, 1 - 1e-6), one_hot[valid], reduction="sum")
-                          / max(int(valid.sum()), 1))
-        return torch.stack(losses).mean()
+        groups = depth_logits.shape[1]
+        return torch.stack([depth_bce(depth_logits[:, g], labels, self.config.depth_bins) for g in range(groups)]).mean()
 
     @torch.no_grad()
     def depth_labels(self, lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
@@ -322,3 +354,150 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                                    post_transform[b].double().cpu().numpy(), tuple(self.config.image_size),
                                    DECODER_STRIDE))
         return torch.as_tensor(np.stack(maps), device=lidar_points.device)
+
+
+class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
+    """A BEVDet4D/BEVDepth-style 3D detector on the GeoMIM encoder: image FPN, camera-aware depth net
+    with LiDAR depth supervision, Lift-Splat-Shoot, the previous keyframe's BEV alongside the
+    current one (``det_temporal``), a ResNet BEV encoder and a CenterPoint head with attributes.
+
+    The previous keyframe is lifted through its own cameras placed in the current ego frame
+    (``ego_from_prev_ego``), so its BEV lands aligned with the current one: the warp BEVDet4D does by
+    resampling, done exactly at the frustum points. As BEVDet4D, it runs without gradients.
+    """
+
+    def __init__(self, config: GeoMIMConfig):
+        super().__init__(config)
+        self.geomim = GeoMIMModel(config)
+        strides = [config.stage_strides[i] for i in config.out_indices]
+        self.neck = ImageFPN([config.stage_dims[i] for i in config.out_indices], config.det_neck_channels)
+        self.depth_net = CameraAwareDepthNet(config.det_neck_channels, config.det_depth_net_channels,
+                                             config.det_num_depth_bins, config.det_context_channels,
+                                             config.camera_aware_hidden_size)
+        self.lift_splat = LiftSplat(config.image_size, strides[0], config.det_depth_bins, config.det_bev_x_range,
+                                    config.det_bev_y_range, config.det_bev_z_range, config.det_bev_resolution,
+                                    config.kernel_backend)
+        frames = 2 if config.det_temporal else 1
+        self.bev_encoder = BevEncoder(config.det_context_channels * frames, config.det_bev_encoder_channels,
+                                      config.det_bev_neck_channels)
+        self.head = CenterHead(config.det_bev_neck_channels, len(config.class_names), config.det_head_channels,
+                               num_attributes=len(ATTRIBUTE_NAMES))
+        self.grid = BevGrid(config.det_bev_x_range, config.det_bev_y_range, config.det_bev_resolution)
+        self.feature_stride = strides[0]
+        self.post_init()
+
+    def lift(self, pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform):
+        """One frame's BEV (B, C, Y, X) and depth logits (B, N, D, h, w)."""
+        batch, views = pixel_values.shape[:2]
+        features = self.geomim(pixel_values).feature_maps  # (B, N, C_s, H_s, W_s) per stage
+        image = self.neck([f.flatten(0, 1) for f in features])  # (B*N, C, h', w') of the padded image
+        height, width = self.lift_splat.feature_size
+        image = image[..., :height, :width]
+        cameras = camera_vector(intrinsics, post_transform, ego_from_camera).flatten(0, 1).to(image.dtype)
+        depth_logits, context = self.depth_net(image, cameras)
+        depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
+        context = context.view(batch, views, *context.shape[1:])
+        bev = self.lift_splat(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform,
+                              bev_transform)
+        return bev, depth_logits
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        intrinsics: torch.Tensor,
+        ego_from_camera: torch.Tensor,
+        post_transform: torch.Tensor,
+        bev_transform: torch.Tensor | None = None,
+        prev_pixel_values: torch.Tensor | None = None,
+        prev_intrinsics: torch.Tensor | None = None,
+        prev_ego_from_camera: torch.Tensor | None = None,
+        prev_post_transform: torch.Tensor | None = None,
+        ego_from_prev_ego: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        velocities: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attributes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        depth_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        r"""
+        pixel_values (B, N, 3, H, W), intrinsics and post_transform (B, N, 3, 3), ego_from_camera
+        (B, N, 4, 4), bev_transform (B, 4, 4): the current keyframe, from the processor.
+        prev_*: the previous keyframe's images and cameras (its own ego frame), and
+        ego_from_prev_ego (B, 4, 4); without them the current frame stands in (a scene's first frame).
+        Targets (ego frame, augmented like the images): boxes (B, K, 7), velocities (B, K, 2), labels
+        and attributes (B, K), box_mask (B, K); depth_labels (B, N, h, w) LiDAR depth at stride 16.
+        """
+        if bev_transform is None:
+            bev_transform = torch.eye(4, device=pixel_values.device).expand(pixel_values.shape[0], 4, 4)
+        bev, depth = self.lift(pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform)
+        if self.config.det_temporal:
+            if prev_pixel_values is None:
+                previous = bev.detach()
+            else:
+                with torch.no_grad():
+                    cameras_now = ego_from_prev_ego[:, None] @ prev_ego_from_camera  # where they were, in today's frame
+                    previous, _ = self.lift(prev_pixel_values, prev_intrinsics, cameras_now, prev_post_transform,
+                                            bev_transform)
+            bev = torch.cat([bev, previous], 1)
+        bev_features = self.bev_encoder(bev)
+        head = self.head(bev_features)
+        output = BEVDetectionOutput(heatmap=head["heatmap"], regression=head["regression"],
+                                    attributes=head["attributes"], depth=depth, bev_features=bev_features)
+        if boxes is not None:
+            box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
+            targets = build_targets(boxes.float(), velocities.float(), labels, box_mask, self.grid,
+                                    len(self.config.class_names), attributes)
+            terms = center_loss(head, targets)
+            output.heatmap_loss, output.regression_loss = terms["heatmap_loss"], terms["regression_loss"]
+            output.attribute_loss = terms.get("attribute_loss")
+            output.loss = terms["loss"]
+        if depth_labels is not None:
+            output.depth_loss = depth_bce(depth, depth_labels, self.config.det_depth_bins)
+            weighted = self.config.det_depth_loss_weight * output.depth_loss
+            output.loss = weighted if output.loss is None else output.loss + weighted
+        return output if return_dict else output.to_tuple()
+
+    def parameter_groups(self, learning_rate: float, weight_decay: float, layer_decay: float) -> list[dict]:
+        """AdamW groups with layer-wise learning-rate decay over the encoder (the official finetuning:
+        0.8 over the 24 Swin-B blocks): the last block trains at ``learning_rate * layer_decay``, each block
+        before it at one more factor, the embeddings at the most; the rest of the detector at
+        ``learning_rate``. Norms, biases and position tables get no weight decay."""
+        depths = self.config.depths
+        num_layers = sum(depths) + 1  # the embeddings, then every block
+
+        def layer_of(name: str) -> int:
+            if not name.startswith("geomim."):
+                return num_layers
+            parts = name.split(".")
+            if parts[1] == "encoder" and parts[2] == "stages":
+                stage = int(parts[3])
+                if parts[4] == "blocks":
+                    return 1 + sum(depths[:stage]) + int(parts[5])
+                return 1 + sum(depths[:stage])  # patch merging sits with the stage's first block
+            if parts[1] == "encoder":
+                return 0
+            return num_layers - 1  # output norms, encoder Cross-View Attention: with the last block
+
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            no_decay = parameter.ndim == 1 or name.endswith(("absolute_pos_embed", "relative_position_bias_table"))
+            layer = layer_of(name)
+            group = groups.setdefault((layer, no_decay), {
+                "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr": learning_rate * layer_decay ** (num_layers - layer), "layer": layer})
+            group["params"].append(parameter)
+        return list(groups.values())
+
+    def post_process(self, outputs: BEVDetectionOutput, score_threshold: float | None = None,
+                     top_k: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per sample, ego-frame ``boxes`` (P, 7) ``(x, y, z, l, w, h, yaw)``, ``scores``, ``labels``,
+        ``velocities`` (P, 2) and ``attributes`` (P,) ids into ``ATTRIBUTE_NAMES``: peaks of the heatmap,
+        top-k, the score threshold, then per-class circle NMS with CenterPoint's radii."""
+        radius = {i: NMS_RADIUS.get(name, 0.0) for i, name in enumerate(self.config.class_names)}
+        heads = {"heatmap": outputs.heatmap, "regression": outputs.regression, "attributes": outputs.attributes}
+        return decode(heads, self.grid, top_k or self.config.det_max_detections,
+                      self.config.det_score_threshold if score_threshold is None else score_threshold, radius)

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_geomim import GeoMIMConfig
 from .data.classes import NUSCENES_DETECTION_CLASSES
-from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode
+from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_heatmap_output
 from .modeling.pillars import PillarEncoder
 
 # Teacher widths to pair with a student preset (others take the pillar network's defaults).
@@ -147,10 +147,12 @@ class GeoMIMLidarTeacher(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, nn.Conv2d) and hasattr(module, "prior_bias"):
+            init_heatmap_output(module)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:  # the heatmap's last conv keeps CenterNet's prior
-                nn.init.constant_(module.bias, getattr(module, "prior_bias", 0.0))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):

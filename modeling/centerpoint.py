@@ -51,10 +51,8 @@ class CenterHead(nn.Module):
         self.heatmap = branch(num_classes)
         self.regression = branch(REGRESSION_CHANNELS)
         self.attributes = branch(num_attributes) if num_attributes else None
-        # CenterNet's prior: every class starts at probability ~0.1 per cell, so the focal loss starts
-        # sane. The attribute tells a model-wide initialiser to keep it.
-        self.heatmap[-1].prior_bias = HEATMAP_PRIOR_BIAS
-        nn.init.constant_(self.heatmap[-1].bias, HEATMAP_PRIOR_BIAS)
+        self.heatmap[-1].prior_bias = HEATMAP_PRIOR_BIAS  # tells a model-wide initialiser to call the below
+        init_heatmap_output(self.heatmap[-1])
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         """bev: (B, C, Y, X). Returns heatmap logits (B, K, Y, X), regression (B, 10, Y, X) and, with
@@ -64,6 +62,13 @@ class CenterHead(nn.Module):
         if self.attributes is not None:
             out["attributes"] = self.attributes(shared)
         return out
+
+
+def init_heatmap_output(conv: nn.Conv2d) -> None:
+    """CenterNet's (and RetinaNet's) start: small weights and a bias at probability 0.1 for every
+    class and cell, so the focal loss starts sane."""
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.constant_(conv.bias, HEATMAP_PRIOR_BIAS)
 
 
 def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:

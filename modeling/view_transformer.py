@@ -65,6 +65,34 @@ class DepthNet(nn.Module):
         return out[:, : self.depth_bins], out[:, self.depth_bins:]
 
 
+class CameraAwareDepthNet(nn.Module):
+    """BEVDepth's depth net for the detector: a 3x3 reduction, camera-aware gates on the depth and
+    context paths, residual blocks before the depth logits (BEVDepth's ASPP and deformable conv are
+    left out)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, depth_bins: int, context_channels: int,
+                 camera_hidden_size: int):
+        super().__init__()
+        from .necks import BasicBlock  # the neck module owns the residual block
+
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(mid_channels), nn.ReLU(True))
+        self.depth_gate = CameraAwareGate(mid_channels, camera_hidden_size)
+        self.context_gate = CameraAwareGate(mid_channels, camera_hidden_size)
+        self.depth = nn.Sequential(BasicBlock(mid_channels, mid_channels), BasicBlock(mid_channels, mid_channels),
+                                   nn.Conv2d(mid_channels, depth_bins, 1))
+        self.context = nn.Conv2d(mid_channels, context_channels, 1)
+
+    def forward(self, x: torch.Tensor, cameras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B*N, C_in, h, w); cameras: (B*N, 22). Returns depth logits (B*N, D, h, w) and context
+        (B*N, C, h, w)."""
+        x = self.reduce(x)
+        channels_last = x.permute(0, 2, 3, 1)
+        depth = self.depth_gate(channels_last, cameras).permute(0, 3, 1, 2)
+        context = self.context_gate(channels_last, cameras).permute(0, 3, 1, 2)
+        return self.depth(depth), self.context(context)
+
+
 class LiftSplat(nn.Module):
     """Pool per-view depth distributions and context into a BEV grid.
 

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from .targets import augment_boxes, augment_points
 
 FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "depth_maps",
-              "ego_from_lidar", "global_from_ego")
+              "ego_from_lidar", "global_from_ego", "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera",
+              "prev_post_transform", "ego_from_prev_ego")
 
 
 class GeoMIMDataset(torch.utils.data.Dataset):
@@ -26,10 +27,13 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         with_targets: add boxes, velocities, labels, attributes and the LiDAR points.
         with_images: process the camera images; without them (a LiDAR-only model) only the BEV
             augmentation of points and boxes runs, and the images are never decoded.
+        temporal: add the previous keyframe (BEVDet4D): ``prev_pixel_values``, ``prev_intrinsics``,
+            ``prev_ego_from_camera``, ``prev_post_transform`` (its images get the same augmentation)
+            and ``ego_from_prev_ego``; a scene's first keyframe is its own previous one.
     """
 
     def __init__(self, dataset, processor, training: bool = False, seed: int = 0, return_depth: bool = False,
-                 with_targets: bool = True, with_images: bool = True):
+                 with_targets: bool = True, with_images: bool = True, temporal: bool = False):
         if return_depth and not with_images:
             raise ValueError("return_depth needs the images' geometry: with_images=True")
         self.dataset, self.processor, self.training = dataset, processor, training
@@ -37,6 +41,9 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
         if not with_images:  # never decode the images
             self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
+        self.temporal = temporal
+        if temporal:
+            self.row_of_token = {token: row for row, token in enumerate(dataset["sample_token"])}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,6 +66,8 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             return_depth=self.return_depth,
         )
         sample = {key: value[0] for key, value in processed.items()}  # drop the batch dim of one sample
+        if self.temporal:
+            sample.update(self._previous(row, index))
         sample["ego_from_lidar"] = torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32)
         sample["global_from_ego"] = torch.as_tensor(np.asarray(row["global_from_ego"]), dtype=torch.float64)
         sample["sample_token"] = row["sample_token"]
@@ -67,6 +76,19 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             sample["attributes"] = torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long)
         return sample
 
+
+    def _previous(self, row: dict, index: int) -> dict:
+        """The previous keyframe, augmented as the current one (same draws), and ego_from_prev_ego."""
+        previous = self.dataset[self.row_of_token[row["prev_sample_token"]]] \
+            if row["prev_sample_token"] in self.row_of_token else row
+        rng = np.random.default_rng([self.seed, self.epoch, index])  # replays the current views' draws
+        processed = self.processor(previous["images"], previous["intrinsics"], previous["ego_from_camera"],
+                                   training=self.training, generator=rng, bev_augment=False)
+        ego_from_prev_ego = np.linalg.inv(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
+        return {"prev_pixel_values": processed["pixel_values"][0], "prev_intrinsics": processed["intrinsics"][0],
+                "prev_ego_from_camera": processed["ego_from_camera"][0],
+                "prev_post_transform": processed["post_transform"][0],
+                "ego_from_prev_ego": torch.as_tensor(ego_from_prev_ego, dtype=torch.float32)}
 
     def _points_only(self, row: dict, rng: np.random.Generator) -> dict:
         augmented_from_ego = self.processor.sample_bev_transform(rng) if self.training else np.eye(4)
@@ -82,6 +104,42 @@ class GeoMIMDataset(torch.utils.data.Dataset):
                           labels=torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long),
                           attributes=torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long))
         return sample
+
+
+class ResampledDataset(torch.utils.data.Dataset):
+    """A dataset visited through a list of row indices (repeats allowed), keeping ``set_epoch``."""
+
+    def __init__(self, dataset: GeoMIMDataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[self.indices[index]]
+
+
+def class_balanced_indices(labels_per_row, num_classes: int, seed: int = 0) -> list[int]:
+    """CBGS (Zhu et al. 2019, as mmdetection3d's CBGSDataset): every class gets about an equal share of
+    the object-bearing rows, by resampling the rows that hold each class. ``labels_per_row``: the
+    label ids of each row."""
+    rows_of_class = [[] for _ in range(num_classes)]
+    for row, labels in enumerate(labels_per_row):
+        for label in set(int(label) for label in labels):
+            rows_of_class[label].append(row)
+    total = sum(len(rows) for rows in rows_of_class)
+    present = [rows for rows in rows_of_class if rows]
+    if not present:
+        return list(range(len(labels_per_row)))
+    rng = np.random.default_rng(seed)
+    indices = []
+    for rows in present:
+        ratio = (1.0 / len(present)) / (len(rows) / total)
+        indices += rng.choice(rows, int(len(rows) * ratio), replace=True).tolist()
+    return indices
 
 
 def _pad(tensors: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +171,13 @@ def collate_geomim(samples: list[dict]) -> dict:
 
 def make_dataloader(dataset, processor, batch_size: int, training: bool = False, num_workers: int = 0,
                     seed: int = 0, return_depth: bool = False, with_targets: bool = True, with_images: bool = True,
-                    **kwargs) -> DataLoader:
-    """A ``DataLoader`` over processed samples; shuffles when training (seeded)."""
+                    temporal: bool = False, indices=None, **kwargs) -> DataLoader:
+    """A ``DataLoader`` over processed samples; shuffles when training (seeded). ``indices`` (e.g. a
+    class-balanced resampling) lists the rows an epoch visits, repeats allowed."""
     processed = GeoMIMDataset(dataset, processor, training=training, seed=seed, return_depth=return_depth,
-                              with_targets=with_targets, with_images=with_images)
+                              with_targets=with_targets, with_images=with_images, temporal=temporal)
+    if indices is not None:
+        processed = ResampledDataset(processed, indices)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(processed, batch_size=batch_size, shuffle=training, num_workers=num_workers,
                       collate_fn=collate_geomim, generator=generator, persistent_workers=num_workers > 0, **kwargs)

@@ -13,6 +13,7 @@ from PIL import Image  # noqa: E402
 
 from .classes import NUSCENES_DETECTION_CLASSES  # noqa: E402
 from .geometry import (  # noqa: E402
+    box_corners,
     invert_rigid,
     make_transform,
     quaternion_to_matrix,
@@ -79,5 +80,75 @@ def plot_nuscenes_sample(nusc, sample_token: str, path: str, bev_range: float = 
     figure.suptitle(f"{nusc.get('scene', sample['scene_token'])['name']}  sample {sample_token[:8]}")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def _draw_box_bev(axes, box, color, linewidth=1.2):
+    corners = box_corners(np.asarray(box, np.float64)[None])[0, :4, :2]
+    closed = np.concatenate([corners, corners[:1]])
+    axes.plot(closed[:, 0], closed[:, 1], color=color, linewidth=linewidth)
+    front = corners[[0, 3]].mean(0)  # the face ahead of the heading
+    axes.plot([box[0], front[0]], [box[1], front[1]], color=color, linewidth=linewidth)
+
+
+def _draw_box_camera(axes, box, camera_from_ego, intrinsics, width, height, color):
+    corners = transform_points(camera_from_ego, box_corners(np.asarray(box, np.float64)[None])[0])
+    if (corners[:, 2] < 0.5).any():
+        return
+    pixels = corners @ intrinsics.T
+    uv = pixels[:, :2] / pixels[:, 2:3]
+    if uv[:, 0].max() < 0 or uv[:, 0].min() > width or uv[:, 1].max() < 0 or uv[:, 1].min() > height:
+        return
+    for a, b in ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)):
+        axes.plot(uv[[a, b], 0], uv[[a, b], 1], color=color, linewidth=0.8)
+
+
+def plot_detections(row: dict, prediction: dict, path: str, class_names, score_threshold: float = 0.3,
+                    bev_range: float = 50.0) -> str:
+    """Predictions (red) against ground truth (green) for one sample-contract row: the camera views
+    with projected boxes and the BEV with the LiDAR keyframe. ``prediction``: ego-frame ``boxes``,
+    ``scores``, ``labels`` (NumPy or tensors)."""
+    boxes = np.asarray(prediction["boxes"])
+    keep = np.asarray(prediction["scores"]) >= score_threshold
+    boxes, labels = boxes[keep], np.asarray(prediction["labels"])[keep]
+    truth = np.asarray(row["boxes"]).reshape(-1, 7)
+    views = len(row["images"])
+    columns = (views + 1) // 2
+    figure = plt.figure(figsize=(5 * columns + 7, 7.5))
+    grid = figure.add_gridspec(2, columns + 1, width_ratios=[1] * columns + [1.3])
+    for view in range(views):
+        axes = figure.add_subplot(grid[view // columns, view % columns])
+        image = row["images"][view]
+        axes.imshow(image)
+        camera_from_ego = invert_rigid(np.asarray(row["ego_from_camera"][view], np.float64))
+        intrinsics = np.asarray(row["intrinsics"][view], np.float64)
+        for box in truth:
+            _draw_box_camera(axes, box, camera_from_ego, intrinsics, image.width, image.height, "limegreen")
+        for box in boxes:
+            _draw_box_camera(axes, box, camera_from_ego, intrinsics, image.width, image.height, "red")
+        axes.set_xlim(0, image.width)
+        axes.set_ylim(image.height, 0)
+        axes.set_title(row["camera_names"][view], fontsize=9)
+        axes.axis("off")
+    axes = figure.add_subplot(grid[:, columns])
+    if "lidar_points" in row:
+        points = transform_points(np.asarray(row["ego_from_lidar"], np.float64),
+                                  np.asarray(row["lidar_points"])[:, :3].astype(np.float64))
+        near = (np.abs(points[:, 0]) < bev_range) & (np.abs(points[:, 1]) < bev_range)
+        axes.scatter(points[near, 0], points[near, 1], s=0.2, c="0.6")
+    for box in truth:
+        _draw_box_bev(axes, box, "limegreen")
+    for box, label in zip(boxes, labels):
+        _draw_box_bev(axes, box, "red")
+        axes.text(box[0], box[1], class_names[int(label)][:4], fontsize=6, color="red")
+    axes.plot(0, 0, "k^", markersize=8)
+    axes.set_xlim(-bev_range, bev_range)
+    axes.set_ylim(-bev_range, bev_range)
+    axes.set_aspect("equal")
+    axes.set_title(f"BEV, ego frame: ground truth (green), predictions >= {score_threshold} (red)", fontsize=9)
+    figure.suptitle(f"sample {row['sample_token'][:16]}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=70)
     plt.close(figure)
     return path

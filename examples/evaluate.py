@@ -1,0 +1,58 @@
+"""Evaluate a GeoMIM BEV detector on a nuScenes split with the official devkit.
+
+    python examples/evaluate.py --model OUT/detector --dataroot DIR --version v1.0-mini --split mini_val --plot 4
+
+Prints the metric table, writes the result JSON and ``metrics.json`` to ``--output-dir`` (default:
+the model folder), and with ``--plot N`` saves pictures of N samples: camera views and BEV,
+predictions against ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from geomim_hf import GeoMIMImageProcessor
+from geomim_hf.data import load_nuscenes
+from geomim_hf.data.visualize import plot_detections
+from geomim_hf.evaluation import evaluate_nuscenes, format_metrics, predict_detections, write_nuscenes_submission
+from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a GeoMIMForBEVDetection folder (save_pretrained)")
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", default="v1.0-trainval")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--score-threshold", type=float, default=0.05, help="boxes kept for the devkit")
+    parser.add_argument("--plot", type=int, default=0, help="samples to draw")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    output_dir = args.output_dir or args.model
+    os.makedirs(output_dir, exist_ok=True)
+    model = GeoMIMForBEVDetection.from_pretrained(args.model).to(args.device).eval()
+    processor = GeoMIMImageProcessor.from_pretrained(args.model)
+    rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names)
+    predictions, samples = predict_detections(model, rows, processor, args.batch_size, args.score_threshold)
+    path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"),
+                                     classes=model.config.class_names)
+    metrics = evaluate_nuscenes(args.dataroot, args.version, args.split, path, os.path.join(output_dir, "nuscenes_eval"))
+    print(format_metrics(metrics))
+    with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=2)
+    for index in range(min(args.plot, len(rows))):
+        picture = plot_detections(rows[index], predictions[index], os.path.join(output_dir, f"detections_{index}.png"),
+                                  model.config.class_names)
+        print(f"drew {picture}")
+    print(f"results in {output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Run a camera BEV detector over a nuScenes split and score it with the devkit."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import load_nuscenes, make_dataloader
+from .nuscenes import evaluate_nuscenes, format_metrics, write_nuscenes_submission
+
+INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "prev_pixel_values",
+          "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform", "ego_from_prev_ego")
+
+
+@torch.no_grad()
+def predict_detections(model, rows, processor, batch_size: int = 4, score_threshold: float | None = None,
+                       num_workers: int = 0) -> tuple[list[dict], list[dict]]:
+    """Predictions (ego frame, CPU tensors) and the matching samples (token, global_from_ego) of every
+    row, without augmentation."""
+    temporal = model.config.det_temporal
+    loader = make_dataloader(rows, processor, batch_size, training=False, with_targets=False, temporal=temporal,
+                             num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    predictions, samples = [], []
+    for batch in tqdm(loader, desc="detecting"):
+        inputs = {k: batch[k].to(model.device) for k in INPUTS if k in batch}
+        results = model.post_process(model(**inputs), score_threshold=score_threshold)
+        for result, token, global_from_ego in zip(results, batch["sample_token"], batch["global_from_ego"]):
+            predictions.append({k: v.cpu() for k, v in result.items()})
+            samples.append({"sample_token": token, "global_from_ego": global_from_ego.numpy()})
+    model.train(was_training)
+    return predictions, samples
+
+
+def evaluate_detector(model, dataroot: str, version: str, split: str, output_dir: str, processor, sweeps: int = 0,
+                      batch_size: int = 4, score_threshold: float = 0.05, verbose: bool = True) -> dict:
+    """Detect on ``split``, write ``output_dir/results_nusc.json`` and return the devkit's metrics."""
+    rows = load_nuscenes(dataroot, version, split, sweeps=sweeps, classes=model.config.class_names)
+    predictions, samples = predict_detections(model, rows, processor, batch_size, score_threshold)
+    path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"),
+                                     classes=model.config.class_names)
+    metrics = evaluate_nuscenes(dataroot, version, split, path, os.path.join(output_dir, "nuscenes_eval"))
+    if verbose:
+        print(format_metrics(metrics))
+    return metrics
