@@ -36,9 +36,11 @@ def predict_detections(model, rows, processor, batch_size: int = 4, score_thresh
 
 
 def evaluate_detector(model, dataroot: str, version: str, split: str, output_dir: str, processor, sweeps: int = 0,
-                      batch_size: int = 4, score_threshold: float = 0.05, verbose: bool = True) -> dict:
+                      batch_size: int = 4, score_threshold: float = 0.05, verbose: bool = True,
+                      cache_dir: str | None = None) -> dict:
     """Detect on ``split``, write ``output_dir/results_nusc.json`` and return the devkit's metrics."""
-    rows = load_nuscenes(dataroot, version, split, sweeps=sweeps, classes=model.config.class_names)
+    rows = load_nuscenes(dataroot, version, split, sweeps=sweeps, classes=model.config.class_names,
+                         cache_dir=cache_dir)
     predictions, samples = predict_detections(model, rows, processor, batch_size, score_threshold)
     path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"),
                                      classes=model.config.class_names)

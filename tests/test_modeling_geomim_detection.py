@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor
+from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.evaluation import evaluate_detector
+from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
+
+from .test_modeling_geomim import _inputs
+
+
+def _config(**overrides):
+    return GeoMIMConfig.from_preset("geomim-tiny", kernel_backend="torch", **overrides)
+
+
+def test_forward_post_process_and_the_previous_frame():
+    torch.manual_seed(0)
+    model = GeoMIMForBEVDetection(_config()).eval()
+    inputs = _inputs(model.config, batch=2)
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")}
+    previous = {f"prev_{k}": v for k, v in camera.items()}
+    with torch.no_grad():
+        alone = model(**camera)
+        # The same frame as its own predecessor, still in place: exactly what the first frame does.
+        same = model(**camera, **previous, ego_from_prev_ego=torch.eye(4).expand(2, 4, 4))
+        moved = model(**camera, **previous, ego_from_prev_ego=torch.tensor(
+            [[1.0, 0, 0, 3.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]).expand(2, 4, 4))
+    torch.testing.assert_close(same.heatmap, alone.heatmap, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(moved.heatmap, alone.heatmap)
+    assert alone.heatmap.shape == (2, 10, 64, 64) and alone.attributes.shape == (2, 8, 64, 64)
+    results = model.post_process(alone, score_threshold=0.0, top_k=20)
+    assert len(results) == 2 and results[0]["boxes"].shape[1] == 7 and len(results[0]["attributes"]) <= 20
+
+
+def test_pretrained_encoder_loads_into_the_detector(tmp_path):
+    pretrained = GeoMIMForMaskedBEVModeling(_config())
+    pretrained.save_pretrained(tmp_path)
+    detector = GeoMIMForBEVDetection.from_pretrained(tmp_path, drop_path_rate=0.2)
+    assert detector.config.drop_path_rate == 0.2
+    for (name, a), b in zip(pretrained.geomim.state_dict().items(), detector.geomim.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_layer_decay_groups_cover_every_parameter_once():
+    model = GeoMIMForBEVDetection(_config())
+    groups = model.parameter_groups(1e-3, 0.05, 0.8)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert len(seen) == len(set(seen)) == len(list(model.parameters()))
+    rates = {g["layer"]: g["lr"] for g in groups}
+    layers = sum(model.config.depths) + 1
+    assert rates[layers] == pytest.approx(1e-3) and rates[0] == pytest.approx(1e-3 * 0.8**layers)
+    stage0_block0 = next(g for g in groups for n, p in model.named_parameters()
+                         if n == "geomim.encoder.stages.0.blocks.0.attn.qkv.weight" and any(p is q for q in g["params"]))
+    assert stage0_block0["layer"] == 1 and stage0_block0["weight_decay"] == 0.05
+
+
+def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
+    """Trained on the two mini_val scenes and evaluated on them by the devkit: a high NDS."""
+    torch.manual_seed(0)
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", sweeps=2, cache_dir=str(tmp_path / "cache"))
+    config = _config(det_temporal=False)
+    model = GeoMIMForBEVDetection(config)
+    processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=16)
+    batches = list(make_dataloader(rows, processor, batch_size=6, return_depth=True))  # all six keyframes
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(150):
+        batch = batches[step % len(batches)]
+        out = model(**{k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform",
+                                             "boxes", "velocities", "labels", "attributes", "box_mask")},
+                    depth_labels=batch["depth_maps"])
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    metrics = evaluate_detector(model.eval(), str(nuscenes_root), "v1.0-mini", "mini_val", str(tmp_path), processor,
+                                verbose=False, cache_dir=str(tmp_path / "cache"))
+    print(metrics)
+    assert metrics["NDS"] > 0.5 and metrics["mAP"] > 0.4
