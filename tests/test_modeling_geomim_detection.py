@@ -65,7 +65,7 @@ def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
     batches = list(make_dataloader(rows, processor, batch_size=6, return_depth=True))  # all six keyframes
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    for step in range(150):
+    for step in range(250):
         batch = batches[step % len(batches)]
         out = model(**{k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform",
                                              "boxes", "velocities", "labels", "attributes", "box_mask")},
