@@ -26,6 +26,7 @@ from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.data.pipeline import class_balanced_indices
 from geomim_hf.evaluation import evaluate_detector
+from geomim_hf.evaluation.detection import DETECTOR_INPUTS
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 from geomim_hf.training import (
     TrainingLog,
@@ -39,9 +40,7 @@ from geomim_hf.training import (
 )
 
 logger = get_logger(__name__)
-INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "prev_pixel_values",
-          "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform", "ego_from_prev_ego", "boxes", "velocities",
-          "labels", "attributes", "box_mask")
+INPUTS = (*DETECTOR_INPUTS, "boxes", "velocities", "labels", "attributes", "box_mask")
 
 
 def parse_args(argv=None):

@@ -256,12 +256,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         semantic, depth = self.decoder(c4, c5, views, cameras, masked, token_groups)
         height, width = self.feature_size
         features = torch.cat([semantic, depth], 1)[:, :, :height, :width]  # drop the padding cells
-        depth_logits, context = self.depth_net(features)
-        batch = depth_logits.shape[0] // views
-        depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
-        context = context.view(batch, views, *context.shape[1:])
-        bev = self.lift_splat(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform,
-                              bev_transform)  # (B, C, 2Y, 2X)
+        bev, depth_logits = self.lift_splat.splat_views(*self.depth_net(features), intrinsics, ego_from_camera,
+                                                        post_transform, bev_transform)  # (B, C, 2Y, 2X)
         return self.bev_head(self.bev_downsample(bev)), depth_logits
 
     def forward(
@@ -388,18 +384,13 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
 
     def lift(self, pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform):
         """One frame's BEV (B, C, Y, X) and depth logits (B, N, D, h, w)."""
-        batch, views = pixel_values.shape[:2]
         features = self.geomim(pixel_values).feature_maps  # (B, N, C_s, H_s, W_s) per stage
         image = self.neck([f.flatten(0, 1) for f in features])  # (B*N, C, h', w') of the padded image
         height, width = self.lift_splat.feature_size
         image = image[..., :height, :width]
         cameras = camera_vector(intrinsics, post_transform, ego_from_camera).flatten(0, 1).to(image.dtype)
-        depth_logits, context = self.depth_net(image, cameras)
-        depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
-        context = context.view(batch, views, *context.shape[1:])
-        bev = self.lift_splat(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform,
-                              bev_transform)
-        return bev, depth_logits
+        return self.lift_splat.splat_views(*self.depth_net(image, cameras), intrinsics, ego_from_camera,
+                                           post_transform, bev_transform)
 
     def forward(
         self,

@@ -182,6 +182,18 @@ class LiftSplat(nn.Module):
         return bev_pool(depth, context, indices, self.grid_size, backend=self.kernel_backend)
 
 
+    def splat_views(self, depth_logits: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
+                    ego_from_camera: torch.Tensor, post_transform: torch.Tensor,
+                    bev_transform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depth net's per-view outputs, (B*N, D, h, w) logits and (B*N, C, h, w) context, to BEV:
+        returns (B, C, Y, X) and the logits as (B, N, D, h, w)."""
+        batch, views = intrinsics.shape[:2]
+        depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
+        context = context.view(batch, views, *context.shape[1:])
+        bev = self(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform, bev_transform)
+        return bev, depth_logits
+
+
 class BevDownsample(nn.Module):
     """The official x2 downsampling of the pooled grid: conv-BN-ReLU, stride-2 conv-BN-ReLU, conv-BN-ReLU."""
 

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 from ..data import load_nuscenes, make_dataloader
 from .nuscenes import evaluate_nuscenes, format_metrics, write_nuscenes_submission
 
-INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "prev_pixel_values",
+# What the detector reads from a batch, besides its targets.
+DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "prev_pixel_values",
           "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform", "ego_from_prev_ego")
 
 
@@ -26,7 +27,7 @@ def predict_detections(model, rows, processor, batch_size: int = 4, score_thresh
     model.eval()
     predictions, samples = [], []
     for batch in tqdm(loader, desc="detecting"):
-        inputs = {k: batch[k].to(model.device) for k in INPUTS if k in batch}
+        inputs = {k: batch[k].to(model.device) for k in DETECTOR_INPUTS if k in batch}
         results = model.post_process(model(**inputs), score_threshold=score_threshold)
         for result, token, global_from_ego in zip(results, batch["sample_token"], batch["global_from_ego"]):
             predictions.append({k: v.cpu() for k, v in result.items()})
