@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import datasets
 import numpy as np
-from transformers.utils import logging
 
 from .classes import NUSCENES_DETECTION_CLASSES
 from .geometry import invert_rigid, make_transform, quaternion_to_matrix, transform_points, yaw_of
@@ -23,14 +22,13 @@ from .records import (
     ATTRIBUTE_NAMES,
     SampleError,
     build_split,
+    records_or_skip,
     check_file,
     check_image,
     check_matrix,
     sample_features,
     with_lidar_points,
 )
-
-logger = logging.get_logger(__name__)
 
 # The official GeoMIM camera order.
 NUSCENES_CAMERA_ORDER = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
@@ -91,19 +89,8 @@ class NuScenesBuilder(datasets.GeneratorBasedBuilder):
                              f"known channels: {sorted(known_channels)}")
         class_ids = {name: index for index, name in enumerate(config.classes)}
         reader = _SampleReader(nusc, config, class_ids, category_to_detection_name)
-        skipped = []
-        for sample in samples:
-            try:
-                record = reader.read(sample)
-            except SampleError as error:
-                if config.on_error != "skip":
-                    raise
-                skipped.append(str(error))
-                continue
-            yield sample["token"], record
-        if skipped:
-            logger.warning(f"skipped {len(skipped)} of {len(samples)} samples of {config.split} (on_error='skip'); "
-                           f"first: {skipped[0]}")
+        reads = ((sample["token"], lambda sample=sample: reader.read(sample)) for sample in samples)
+        yield from records_or_skip(reads, config.on_error, f"samples of {config.split}")
 
 
 class _SampleReader:

@@ -23,7 +23,7 @@ from .classes import (
     NUSCENES_CATEGORIES,
     NUSCENES_VISIBILITY_LEVELS,
 )
-from .geometry import matrix_to_quaternion
+from .geometry import matrix_to_quaternion, rotation_z
 from .raycast import render_camera
 from .synthetic import (
     NUSCENES_CAMERAS,
@@ -308,9 +308,7 @@ def _scene_tables(tables, scene, name, location, rig, logfile, captured, start_u
             box = boxes_per_key[k][actor_index]
             visible = sum(int(keyframe_results[(k, c)]["visible"][actor_index]) for c in cameras)
             unoccluded = sum(int(keyframe_results[(k, c)]["unoccluded"][actor_index]) for c in cameras)
-            quaternion = matrix_to_quaternion(
-                np.array([[np.cos(box[6]), -np.sin(box[6]), 0], [np.sin(box[6]), np.cos(box[6]), 0], [0, 0, 1]])
-            )
+            quaternion = matrix_to_quaternion(rotation_z(box[6]))
             tables["sample_annotation"].append({
                 "token": tokens[i], "sample_token": sample_tokens[k], "instance_token": instance_token,
                 "visibility_token": _visibility_token(visible, unoccluded),

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .geometry import invert_rigid
 from .targets import augment_boxes, augment_points
 
 FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "depth_maps",
@@ -84,7 +85,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])  # replays the current views' draws
         processed = self.processor(previous["images"], previous["intrinsics"], previous["ego_from_camera"],
                                    training=self.training, generator=rng, bev_augment=False)
-        ego_from_prev_ego = np.linalg.inv(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
+        ego_from_prev_ego = invert_rigid(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
         return {"prev_pixel_values": processed["pixel_values"][0], "prev_intrinsics": processed["intrinsics"][0],
                 "prev_ego_from_camera": processed["ego_from_camera"][0],
                 "prev_post_transform": processed["post_transform"][0],

@@ -27,9 +27,12 @@ from collections.abc import Sequence
 
 import datasets
 import numpy as np
+from transformers.utils import logging
 
 from .classes import NUSCENES_ATTRIBUTES
 from .geometry import transform_points
+
+logger = logging.get_logger(__name__)
 
 ATTRIBUTE_NAMES = tuple(NUSCENES_ATTRIBUTES)
 POINT_DIMS = 5  # x, y, z, intensity, time lag
@@ -140,6 +143,26 @@ def decode_batch(batch: dict) -> dict:
         rows = [dict(zip(keys, values)) for values in zip(*batch.values())]
         batch["lidar_points"] = [merge_sweeps(row) for row in rows]
     return batch
+
+
+def records_or_skip(reads, on_error: str, what: str):
+    """Yield ``(key, record)`` for each ``(key, read)`` of ``reads``, where ``read()`` builds the record.
+    A :class:`SampleError` stops everything (``on_error="raise"``) or leaves that sample out
+    (``"skip"``), and the skipped count is logged at the end."""
+    skipped, total = [], 0
+    for key, read in reads:
+        total += 1
+        try:
+            record = read()
+        except SampleError as error:
+            if on_error != "skip":
+                raise
+            skipped.append(str(error))
+            continue
+        yield key, record
+    if skipped:
+        logger.warning(
+            f"skipped {len(skipped)} of {total} {what} (on_error='skip'); first: {skipped[0]}")
 
 
 def build_split(builder: datasets.DatasetBuilder, split: str) -> datasets.Dataset:

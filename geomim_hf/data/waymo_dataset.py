@@ -25,11 +25,18 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from transformers.utils import logging
 
 from .classes import WAYMO_TYPES
 from .geometry import invert_rigid
-from .records import POINT_DIMS, SampleError, build_split, check_matrix, sample_features, with_lidar_points
+from .records import (
+    POINT_DIMS,
+    SampleError,
+    build_split,
+    check_matrix,
+    records_or_skip,
+    sample_features,
+    with_lidar_points,
+)
 from .waymo_format import (
     CAMERA_NAMES,
     KEY_CAMERA,
@@ -42,8 +49,6 @@ from .waymo_format import (
     TYPE_PEDESTRIAN,
     TYPE_VEHICLE,
 )
-
-logger = logging.get_logger(__name__)
 
 WAYMO_CLASSES = ("vehicle", "pedestrian", "cyclist")
 WAYMO_CAMERA_ORDER = ("FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT")
@@ -120,23 +125,16 @@ class WaymoBuilder(datasets.GeneratorBasedBuilder):
         # share the converted points.
         points_dir = os.path.join(self._cache_dir_root, "geomim_hf_waymo_points", config.fingerprint)
         class_ids = {type_id: config.classes.index(name) for type_id, name in config.type_to_class}
-        skipped, total = [], 0
+        yield from records_or_skip(self._frame_reads(split_dir, points_dir, class_ids), config.on_error,
+                                   f"frames of {config.split}")
+
+    def _frame_reads(self, split_dir: str, points_dir: str, class_ids: dict[int, int]):
+        """(sample token, read) per frame; one segment in memory at a time."""
         for segment in _segments(split_dir):
-            # One segment in memory at a time.
-            reader = _SegmentReader(split_dir, segment, os.path.join(points_dir, segment), config.sweeps, class_ids)
-            for index in range(len(reader.timestamps)):
-                total += 1
-                try:
-                    record = reader.read(index)
-                except SampleError as error:
-                    if config.on_error != "skip":
-                        raise
-                    skipped.append(str(error))
-                    continue
-                yield record["sample_token"], record
-        if skipped:
-            logger.warning(f"skipped {len(skipped)} of {total} frames of {config.split} (on_error='skip'); "
-                           f"first: {skipped[0]}")
+            reader = _SegmentReader(split_dir, segment, os.path.join(points_dir, segment), self.config.sweeps,
+                                    class_ids)
+            for index, timestamp in enumerate(reader.timestamps):
+                yield f"{segment}_{timestamp}", lambda index=index, reader=reader: reader.read(index)
 
 
 def _read_component(split_dir: str, component: str, segment: str, filters=None) -> pa.Table:
