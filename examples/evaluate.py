@@ -19,6 +19,7 @@ from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes
 from geomim_hf.data.visualize import plot_detections
 from geomim_hf.evaluation import evaluate_nuscenes, format_metrics, predict_detections, write_nuscenes_submission
+from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 
 
@@ -47,6 +48,8 @@ def main(argv=None) -> None:
     print(format_metrics(metrics))
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
+    if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results
+        create_model_card(args.model, metrics=metrics, eval_version=args.version, eval_split=args.split)
     for index in range(min(args.plot, len(rows))):
         picture = plot_detections(rows[index], predictions[index], os.path.join(output_dir, f"detections_{index}.png"),
                                   model.config.class_names)

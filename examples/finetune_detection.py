@@ -5,9 +5,9 @@
 
 ``--init`` is a GeoMIM checkpoint folder (the pretrained encoder loads, the detector heads start
 fresh) or ``scratch`` for a randomly initialised encoder with ``--model-config``. The official
-recipe: class-balanced sampling (CBGS), EMA of the weights (evaluated and saved), AdamW 2e-4 with
-weight decay 0.05, layer-wise learning-rate decay 0.8 over the encoder blocks, 200 warmup steps,
-gradient clipping at 5, drop path 0.2. The final (EMA) detector is saved with ``save_pretrained``
+recipe: class-balanced sampling (CBGS), EMA of the weights with BEVDet's warm-up ramp (evaluated
+and saved), AdamW 2e-4 with weight decay 0.05, layer-wise learning-rate decay 0.8 over the encoder
+blocks, 200 warmup steps, gradient clipping at 5, drop path 0.2. The final (EMA) detector is saved with ``save_pretrained``
 in ``OUT``, its devkit metrics in ``OUT/metrics.json``.
 """
 
@@ -20,23 +20,26 @@ import time
 
 import torch
 from accelerate.logging import get_logger
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.data.pipeline import class_balanced_indices
 from geomim_hf.evaluation import evaluate_detector
 from geomim_hf.evaluation.detection import DETECTOR_INPUTS
+from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
+    ema_multi_avg_fn,
     infinite_batches,
     make_accelerator,
     make_schedule,
     optimizer_step,
     resume,
     save_checkpoint,
+    training_summary,
 )
 
 logger = get_logger(__name__)
@@ -47,13 +50,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_training_arguments(parser, max_steps=2000, batch_size=4, learning_rate=2e-4, warmup_steps=200,
                            logging_steps=20)
-    parser.set_defaults(max_grad_norm=5.0, weight_decay=0.05)
+    # BEVDepth supervises depth with the keyframe's own points: merged sweeps smear moving objects.
+    parser.set_defaults(max_grad_norm=5.0, weight_decay=0.05, sweeps=0)
     parser.add_argument("--val-split", default="val", help="evaluated with the devkit at the end ('' to skip)")
     parser.add_argument("--init", default="scratch", help="a GeoMIM checkpoint folder, or 'scratch'")
     parser.add_argument("--model-config", default="geomim-tiny", help="preset for --init scratch")
     parser.add_argument("--layer-decay", type=float, default=0.8)
     parser.add_argument("--drop-path-rate", type=float, default=0.2)
     parser.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA")
+    parser.add_argument("--ema-ramp-steps", type=float, default=2000.0, help="the EMA decay's warm-up (BEVDet)")
     parser.add_argument("--no-cbgs", action="store_true", help="plain uniform sampling instead of CBGS")
     parser.add_argument("--no-temporal", action="store_true", help="no previous keyframe (BEVDet instead of 4D)")
     return parser.parse_args(argv)
@@ -87,7 +92,8 @@ def main(argv=None) -> None:
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     ema = None
     if args.ema_decay > 0:
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay),
+        ema = AveragedModel(accelerator.unwrap_model(model),
+                            multi_avg_fn=ema_multi_avg_fn(args.ema_decay, args.ema_ramp_steps),
                             use_buffers=True)
         accelerator.register_for_checkpointing(ema)
     accelerator.init_trackers("geomim_detection", config=vars(args))
@@ -124,6 +130,11 @@ def main(argv=None) -> None:
                                              processor, sweeps=0, batch_size=args.batch_size))
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
+        create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
+                          eval_split=args.val_split, training=training_summary(
+                              args, accelerator, seconds, init=args.init, cbgs=not args.no_cbgs,
+                              ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
+                              temporal=config.det_temporal))
     accelerator.end_training()
 
 

@@ -24,6 +24,7 @@ from accelerate.logging import get_logger
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.training import (
@@ -35,6 +36,7 @@ from geomim_hf.training import (
     optimizer_step,
     resume,
     save_checkpoint,
+    training_summary,
 )
 
 logger = get_logger(__name__)
@@ -117,6 +119,8 @@ def main(argv=None) -> None:
         with open(os.path.join(args.output_dir, "pretrain_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
         plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"))
+        create_model_card(args.output_dir, training=training_summary(
+            args, accelerator, seconds, teacher=args.teacher, mask_ratio=config.mask_ratio))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)
     accelerator.end_training()
 

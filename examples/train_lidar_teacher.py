@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.training import (
     TrainingLog,
@@ -32,6 +33,7 @@ from geomim_hf.training import (
     optimizer_step,
     resume,
     save_checkpoint,
+    training_summary,
 )
 
 logger = get_logger(__name__)
@@ -96,6 +98,8 @@ def main(argv=None) -> None:
             metrics.update(evaluate(model, args, config))
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
+        create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
+                          eval_split=args.val_split, training=training_summary(args, accelerator, train_seconds))
     accelerator.end_training()
 
 

@@ -45,6 +45,15 @@ def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_
     parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
 
 
+def training_summary(args, accelerator: Accelerator, seconds: float, **extra) -> dict:
+    """How a run trained, for its model card: the data, the schedule and the time it took."""
+    return {"data": f"{args.dataset} {args.version} {args.train_split} ({args.sweeps} sweeps)",
+            "steps": args.max_steps, "batch size": f"{args.batch_size} x {accelerator.num_processes} processes x "
+            f"{args.gradient_accumulation_steps} accumulation", "optimizer": f"AdamW, lr {args.learning_rate}, "
+            f"weight decay {args.weight_decay}, {args.warmup_steps} warmup steps, cosine",
+            "mixed precision": args.mixed_precision, "seed": args.seed, "train seconds": round(seconds, 1), **extra}
+
+
 def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 1 / 3, final: float = 1e-3):
     """Multiplier of the base learning rate at a step: linear warmup from ``warmup_start``, then cosine
     down to ``final`` (the official GeoMIM schedule: from lr/3 over 500 iterations, to 1e-3 lr)."""
@@ -64,6 +73,26 @@ def make_schedule(optimizer, accelerator: Accelerator, warmup_steps: int, max_st
     processes = accelerator.num_processes
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_lambda(warmup_steps * processes,
                                                                          max_steps * processes))
+
+
+def ema_multi_avg_fn(decay: float, ramp_steps: float = 2000.0):
+    """``AveragedModel``'s EMA update with the warm-up ramp of BEVDet's EMA (from YOLOX): the n-th update
+    uses ``decay * (1 - exp(-n / ramp_steps))``, so a short run averages its trained weights instead of
+    keeping most of the random initialisation (a flat 0.999 keeps 0.999**n of it)."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+    if ramp_steps <= 0:
+        raise ValueError(f"EMA ramp_steps must be positive, got {ramp_steps}")
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        weight = 1.0 - decay * (1.0 - math.exp(-float(num_averaged) / ramp_steps))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            torch._foreach_copy_(averaged, current)
+
+    return update
 
 
 def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, loss: torch.Tensor,

@@ -4,13 +4,15 @@ import sys
 import zipfile
 
 import geomim_hf
+import geomim_hf.convert
 import geomim_hf.modeling
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_modeling_folder_is_the_geomim_hf_modeling_subpackage():
+def test_modeling_and_convert_folders_are_geomim_hf_subpackages():
     assert pathlib.Path(geomim_hf.modeling.__file__).resolve() == REPO / "modeling" / "__init__.py"
+    assert pathlib.Path(geomim_hf.convert.__file__).resolve() == REPO / "convert" / "__init__.py"
     assert geomim_hf.__version__
 
 
@@ -21,7 +23,8 @@ def test_wheel_installs_modeling_under_geomim_hf(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     # Every module of the source tree ships (a subpackage missing from setup.cfg would not).
     expected = {f"geomim_hf/{p.relative_to(REPO / 'geomim_hf').as_posix()}" for p in (REPO / "geomim_hf").rglob("*.py")}
-    expected |= {f"geomim_hf/modeling/{p.relative_to(REPO / 'modeling').as_posix()}"
-                 for p in (REPO / "modeling").rglob("*.py")}
+    for folder in ("modeling", "convert"):
+        expected |= {f"geomim_hf/{folder}/{p.relative_to(REPO / folder).as_posix()}"
+                     for p in (REPO / folder).rglob("*.py")}
     assert expected - names == set()
-    assert not any(name.startswith("modeling/") for name in names)  # no bare top-level package
+    assert not any(name.startswith(("modeling/", "convert/")) for name in names)  # no bare top-level packages

@@ -10,9 +10,13 @@ the tests compare against, and a Triton kernel for CUDA (also runnable on the CP
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
+_announced: set[tuple[str, str, str]] = set()
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -167,9 +171,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise RuntimeError("kernel_backend='triton' needs the triton package (pip install triton); "
                                "use kernel_backend='torch' or 'auto' to run without it") from error
         return "torch"
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return "triton"
+    picked = "triton" if backend == "triton" or device.type == "cuda" else "torch"
+    if (backend, device.type, picked) not in _announced:  # once per choice, not per forward
+        _announced.add((backend, device.type, picked))
+        logger.debug(f"bev_pool: kernel_backend={backend!r} on {device.type} runs the {picked} kernel")
+    return picked
 
 
 def bev_pool(depth: torch.Tensor, context: torch.Tensor, indices: BevPoolIndices, grid_size: tuple[int, int],

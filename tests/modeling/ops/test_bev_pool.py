@@ -1,3 +1,6 @@
+import logging
+import sys
+
 import pytest
 import torch
 
@@ -71,8 +74,15 @@ def test_empty_grid_and_compile():
     torch.testing.assert_close(compiled(depth, context), bev_pool(depth, context, indices, grid, backend="torch"))
 
 
-def test_backend_resolution():
+def test_backend_resolution(monkeypatch, caplog):
+    with caplog.at_level(logging.DEBUG, logger="geomim_hf.modeling.ops.bev_pool"):
+        assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    assert "kernel_backend='auto' on cuda runs the triton kernel" in caplog.text
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     assert resolve_backend("triton", torch.device("cpu")) == "triton"
     with pytest.raises(ValueError, match="kernel backend must be one of"):
         resolve_backend("cuda", torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if triton were not installed
+    with pytest.raises(RuntimeError, match=r"kernel_backend='triton' needs the triton package \(pip install triton\)"):
+        resolve_backend("triton", torch.device("cuda"))
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"

@@ -1,0 +1,136 @@
+"""Hub model cards: a README.md with YAML metadata (``model-index`` from the devkit's metrics), a usage
+snippet, training details and limitations, written beside a ``save_pretrained`` folder.
+
+Publishing is the standard transformers way: ``model.push_to_hub("org/name")`` and
+``processor.push_to_hub("org/name")``, or ``hf upload org/name FOLDER`` for a folder
+that already holds the weights, configs and this card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+PAPER = "https://arxiv.org/abs/2303.11325"
+# What each saved architecture is for: the Hub pipeline tag where one fits, the class to load it with.
+ARCHITECTURES = {
+    "GeoMIMForBEVDetection": ("object-detection", "multi-camera 3D object detector (BEVDet4D/BEVDepth-style, "
+                              "CenterPoint head) with a GeoMIM Swin encoder"),
+    "GeoMIMForMaskedBEVModeling": ("image-feature-extraction", "GeoMIM-pretrained multi-view Swin encoder with its "
+                                   "masked BEV modeling decoder; load the encoder alone with GeoMIMModel"),
+    "GeoMIMModel": ("image-feature-extraction", "GeoMIM multi-view Swin encoder"),
+    "GeoMIMLidarTeacher": (None, "pillar CenterPoint LiDAR detector whose BEV features are GeoMIM's pretraining "
+                           "target"),
+}
+# The devkit's summary metrics, as model-index metric types.
+SUMMARY_METRICS = {"NDS": "nds", "mAP": "map", "mATE": "mate", "mASE": "mase", "mAOE": "maoe", "mAVE": "mave",
+                   "mAAE": "maae"}
+
+
+def detection_eval_results(metrics: dict, dataset_name: str, version: str, split: str) -> list[EvalResult]:
+    """The devkit's summary metrics as ``model-index`` entries."""
+    missing = [key for key in SUMMARY_METRICS if key not in metrics]
+    if missing:
+        raise KeyError(f"metrics lack {missing}: expected the dict evaluate_nuscenes returns")
+    return [EvalResult(task_type="object-detection", task_name="3D object detection", dataset_type="nuscenes",
+                       dataset_name=dataset_name, dataset_config=version, dataset_split=split, metric_type=kind,
+                       metric_name=key, metric_value=round(float(metrics[key]), 4))
+            for key, kind in SUMMARY_METRICS.items()]
+
+
+def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: dict | None = None,
+                      eval_dataset: str = "nuScenes", eval_version: str | None = None, eval_split: str | None = None,
+                      training: dict | None = None, base_model: str | None = None, license: str = "apache-2.0",
+                      datasets: tuple[str, ...] = ("nuscenes",)) -> ModelCard:
+    """Write ``model_dir/README.md`` for the model saved there and return the card.
+
+    Args:
+        model_dir: a ``save_pretrained`` folder (its ``config.json`` names the architecture).
+        repo_id: the Hub id the usage snippet loads (default ``your-org/<folder name>``).
+        metrics: the devkit's metrics (``evaluate_nuscenes``); they become the ``model-index``.
+        eval_dataset, eval_version, eval_split: what ``metrics`` were measured on.
+        training: how the model was trained (steps, batch size, data, ...), shown as a table and kept in
+            ``training_summary.json``, which a later call without ``training`` (e.g. after
+            ``examples/evaluate.py``) reuses.
+        base_model: the checkpoint this one was finetuned from, if it is on the Hub.
+    """
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path} not found: save the model with save_pretrained first")
+    with open(config_path) as handle:
+        config = json.load(handle)
+    architecture = (config.get("architectures") or [None])[0]
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{config_path}: architectures {config.get('architectures')} is not one of "
+                         f"{sorted(ARCHITECTURES)}")
+    pipeline_tag, summary = ARCHITECTURES[architecture]
+    repo_id = repo_id or f"your-org/{os.path.basename(os.path.abspath(model_dir))}"
+    training_path = os.path.join(model_dir, "training_summary.json")
+    if training is not None:
+        with open(training_path, "w") as handle:
+            json.dump(training, handle, indent=2)
+    elif os.path.isfile(training_path):
+        with open(training_path) as handle:
+            training = json.load(handle)
+
+    eval_results = None
+    if metrics:
+        if not (eval_version and eval_split):
+            raise ValueError("metrics need eval_version and eval_split: the model-index names what was measured")
+        eval_results = detection_eval_results(metrics, eval_dataset, eval_version, eval_split)
+    data = ModelCardData(library_name="geomim-hf", license=license, pipeline_tag=pipeline_tag,
+                         tags=["geomim", "bev", "3d-object-detection", "multi-camera", "nuscenes"],
+                         datasets=list(datasets), base_model=base_model, metrics=["nds", "map"] if metrics else None,
+                         model_name=repo_id.split("/")[-1], eval_results=eval_results)
+    body = [f"# {repo_id.split('/')[-1]}", "",
+            f"A {summary}, from geomim-hf — GeoMIM ([Liu et al., ICCV 2023]({PAPER})): "
+            "masked image modeling whose target is a LiDAR detector's BEV features.", "",
+            "## Usage", "", "```python", *_usage(architecture, repo_id), "```", ""]
+    if metrics:
+        body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, official devkit, "
+                 "detection_cvpr_2019)", "", "| metric | value |", "|---|---|"]
+        body += [f"| {key} | {float(value):.4f} |" for key, value in metrics.items()
+                 if key in SUMMARY_METRICS or key.startswith("AP/")]
+        body.append("")
+    body += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{architecture}` |"]
+    body += [f"| {key} | `{config[key]}` |" for key in ("image_size", "embed_dim", "depths", "num_heads",
+                                                           "target_grid_size", "pillar_size", "class_names")
+             if key in config]
+    body.append("")
+    if training:
+        body += ["## Training", "", "| setting | value |", "|---|---|"]
+        body += [f"| {key} | `{value}` |" for key, value in training.items()]
+        body.append("")
+    body += ["## Limitations", "",
+             "- Trained and evaluated on the data named above only; a synthetic world (the project's test data) "
+             "says nothing about real roads, and real nuScenes numbers need the full recipe and data.",
+             "- The camera rig, image size and BEV range are fixed by the config; other rigs need finetuning.",
+             "- A research model: not for driving decisions.", "",
+             "## Citation", "", "```bibtex",
+             "@inproceedings{liu2023geomim,",
+             "  title={Towards Better 3D Knowledge Transfer via Masked Image Modeling for Multi-view 3D Understanding},",
+             "  author={Liu, Jihao and Wang, Tai and Liu, Boxiao and Zhang, Qihang and Liu, Yu and Li, Hongsheng},",
+             "  booktitle={ICCV}, year={2023}}", "```", ""]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body))
+    card.save(os.path.join(model_dir, "README.md"))
+    return card
+
+
+def _usage(architecture: str, repo_id: str) -> list[str]:
+    if architecture == "GeoMIMLidarTeacher":
+        return ["from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher", "",
+                f'teacher = GeoMIMLidarTeacher.from_pretrained("{repo_id}").eval()',
+                "# bev_features = teacher(lidar_points, ego_from_lidar, point_mask).bev_features"]
+    if architecture == "GeoMIMForBEVDetection":
+        return ["import geomim_hf  # registers the geomim model type with the Auto classes",
+                "from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor", "",
+                f'model = GeoMIMForBEVDetection.from_pretrained("{repo_id}").eval()',
+                f'processor = GeoMIMImageProcessor.from_pretrained("{repo_id}")',
+                "# boxes = model.post_process(model(**inputs), score_threshold=0.05)",
+                "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val"]
+    return ["import geomim_hf  # registers the geomim model type with the Auto classes",
+            "from transformers import AutoModel", "",
+            f'encoder = AutoModel.from_pretrained("{repo_id}")  # the GeoMIM encoder (GeoMIMModel)',
+            "# finetune it: python examples/finetune_detection.py --init " + repo_id + " ..."]
