@@ -14,6 +14,7 @@ import geomim_hf  # noqa: F401  (registers the Auto classes)
 from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor
 from geomim_hf.hub import SUMMARY_METRICS, create_model_card
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from tests.helpers import RunsCode
 
 METRICS = {"mAP": 0.3125, "NDS": 0.40625, "mATE": 0.5, "mASE": 0.25, "mAOE": 0.75, "mAVE": 1.0, "mAAE": 0.125,
            "AP/car": 0.5, "AP/pedestrian": 0.25}
@@ -136,20 +137,11 @@ def test_sharded_safetensors_round_trip(tmp_path):
         assert torch.equal(a, b), name
 
 
-class _RunsCode:
-    """A pickle that would create a file when unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     GeoMIMConfig.from_preset("geomim-tiny").save_pretrained(tmp_path)
     marker = tmp_path / "pwned"
-    torch.save({"encoder.patch_embed.weight": _RunsCode(str(marker))}, tmp_path / "pytorch_model.bin")
+    torch.save({"encoder.patch_embed.weight": RunsCode(str(marker))}, tmp_path / "pytorch_model.bin")
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|safetensors"):
         GeoMIMForBEVDetection.from_pretrained(tmp_path)
     assert not marker.exists()

@@ -3,21 +3,13 @@ import torch
 from safetensors.torch import save_file
 
 from geomim_hf.convert.common import UnsafeCheckpointError, load_state_dict, resize_relative_position_bias_table
+from tests.helpers import RunsCode
 
-
-class _RunsCode:
-    """A pickle that would create a file when unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "hook": _RunsCode(str(marker))}, tmp_path / "bad.pth")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hook": RunsCode(str(marker))}, tmp_path / "bad.pth")
     with pytest.raises(UnsafeCheckpointError, match=r"bad\.pth.*weights_only=True"):
         load_state_dict(str(tmp_path / "bad.pth"))
     assert not marker.exists()
