@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--score-threshold", type=float, default=0.05, help="boxes kept for the devkit")
     parser.add_argument("--plot", type=int, default=0, help="samples to draw")
+    parser.add_argument("--plot-threshold", type=float, default=0.3, help="lowest score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
         create_model_card(args.model, metrics=metrics, eval_version=args.version, eval_split=args.split)
     for index in range(min(args.plot, len(rows))):
         picture = plot_detections(rows[index], predictions[index], os.path.join(output_dir, f"detections_{index}.png"),
-                                  model.config.class_names)
+                                  model.config.class_names, score_threshold=args.plot_threshold)
         print(f"drew {picture}")
     print(f"results in {output_dir}")
 

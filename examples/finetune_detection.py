@@ -7,8 +7,9 @@
 fresh) or ``scratch`` for a randomly initialised encoder with ``--model-config``. The official
 recipe: class-balanced sampling (CBGS), EMA of the weights with BEVDet's warm-up ramp (evaluated
 and saved), AdamW 2e-4 with weight decay 0.05, layer-wise learning-rate decay 0.8 over the encoder
-blocks, 200 warmup steps, gradient clipping at 5, drop path 0.2. The final (EMA) detector is saved with ``save_pretrained``
-in ``OUT``, its devkit metrics in ``OUT/metrics.json``.
+blocks, 200 warmup steps, gradient clipping at 5, drop path 0.2. The final (EMA) detector is saved
+with ``save_pretrained`` in ``OUT``, its devkit metrics in ``OUT/metrics.json`` and its model card
+in ``OUT/README.md``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ def test_quickstart_runs_the_whole_chain_and_resumes(tmp_path):
     with Image.open(tmp_path / "sample.png") as picture:
         assert picture.size[0] > 1000
     summary = json.load(open(tmp_path / "quickstart_summary.json"))
+    assert len(summary["stage_seconds"]) == 5 and all(t > 0 for t in summary["stage_seconds"].values())
     table = result.stdout[result.stdout.index("camera detectors on mini_val"):]
     for name, folder in (("from scratch", "detector_scratch"), ("GeoMIM", "detector_geomim")):
         metrics = json.load(open(tmp_path / folder / "metrics.json"))
