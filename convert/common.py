@@ -67,6 +67,15 @@ def resize_relative_position_bias_table(table: torch.Tensor, window: tuple[int, 
     return resized.reshape(table.shape[1], rows).T.to(table.dtype).contiguous()
 
 
+def downsample_to_next_stage(key: str, stages: str) -> str:
+    """``<stages>.i.downsample.*`` -> ``<stages>.{i+1}.downsample.*``. The original Swin release, timm < 0.9 and
+    mmdet hold the patch merging at the end of stage i; timm >= 0.9 and ours at the start of stage i + 1."""
+    parts = key.split(".")
+    if parts[0] == stages and len(parts) > 2 and parts[2] == "downsample":
+        parts[1] = str(int(parts[1]) + 1)
+    return ".".join(parts)
+
+
 @dataclasses.dataclass
 class ConversionReport:
     """Where every source tensor went. ``unused``: source keys not converted, with the reason;

@@ -25,7 +25,13 @@ import re
 import torch
 
 from geomim_hf import GeoMIMConfig, GeoMIMModel
-from geomim_hf.convert.common import ConversionReport, assign, load_state_dict, refuse_unknown
+from geomim_hf.convert.common import (
+    ConversionReport,
+    assign,
+    downsample_to_next_stage,
+    load_state_dict,
+    refuse_unknown,
+)
 
 # Where the encoder sits in each release, tried in order.
 ENCODER_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.", "")
@@ -83,16 +89,11 @@ def convert_geomim_original(state_dict: dict[str, torch.Tensor], config: GeoMIMC
     prefix = find_encoder_prefix(state_dict, source)
     converted, unknown = {}, []
     for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            reason = next((why for part, why in OTHER_PARTS.items() if key.startswith(part)), None)
-            if reason is None:
-                unknown.append(key)
-            else:
-                report.unused[key] = reason
-            continue
         name = key[len(prefix):]
-        if name.startswith(tuple(OTHER_PARTS)):  # a bare state dict (prefix "") still holds the other parts
-            report.unused[key] = next(why for part, why in OTHER_PARTS.items() if name.startswith(part))
+        if reason := next((why for part, why in OTHER_PARTS.items() if key.startswith(part)), None):
+            report.unused[key] = reason
+        elif not key.startswith(prefix):
+            unknown.append(key)
         elif name.startswith(DECODER_PARTS):
             report.unused[key] = "official MIM decoder (pretraining only; geomim-hf's decoder is its own)"
         elif name.endswith("relative_position_index"):
@@ -115,8 +116,8 @@ def _target_name(name: str) -> str | None:
     for pattern, template in BLOCK_RULES:
         if match := re.match(pattern, name):
             return "encoder." + template.format(*match.groups())
-    if match := re.match(r"stages\.(\d+)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)$", name):
-        return f"encoder.stages.{int(match[1]) + 1}.downsample.{match[2]}"  # end of stage i -> start of i + 1
+    if re.match(r"stages\.\d+\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)$", name):
+        return "encoder." + downsample_to_next_stage(name, "stages")
     if match := re.match(r"norm(\d+)\.(weight|bias)$", name):  # the per-output norms
         return f"out_norms.{match[1]}.{match[2]}"
     return None
@@ -138,8 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
 
-    config = (GeoMIMConfig.from_pretrained(args.config) if os.path.isdir(args.config)
-              else GeoMIMConfig.from_preset(args.config))
+    config = GeoMIMConfig.from_preset_or_folder(args.config)
     state_dict = load_state_dict(args.checkpoint, key=args.checkpoint_key)
     model, report = convert_geomim_original(state_dict, config, args.checkpoint)
     model.save_pretrained(args.output_dir)

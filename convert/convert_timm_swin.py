@@ -25,6 +25,7 @@ from geomim_hf import GeoMIMConfig, GeoMIMModel
 from geomim_hf.convert.common import (
     ConversionReport,
     assign,
+    downsample_to_next_stage,
     load_state_dict,
     refuse_unknown,
     resize_relative_position_bias_table,
@@ -42,10 +43,16 @@ def convert_timm_swin(state_dict: dict[str, torch.Tensor], config: GeoMIMConfig,
     buffers = [key for key in state_dict if key.endswith(BUFFERS)]
     for key in buffers:
         report.unused[key] = "buffer recomputed by our blocks"
-    state_dict = _downsample_first({k: v for k, v in state_dict.items() if k not in buffers})
+    state_dict = {k: v for k, v in state_dict.items() if k not in buffers}
+    # The original release and timm < 0.9 merge patches at the end of a stage; the 2x2 concatenation
+    # order, (row, col) offsets (0, 0), (1, 0), (0, 1), (1, 1), is the same as timm >= 0.9's.
+    original_layout = any(k.startswith("layers.0.downsample.") for k in state_dict)
+    renamed = {downsample_to_next_stage(k, "layers") if original_layout else k: k for k in state_dict}
+    state_dict = {new: state_dict[old] for new, old in renamed.items()}
     encoder, rest = timm_checkpoint_filter(state_dict)
+    sources, _ = timm_checkpoint_filter(renamed)  # our name -> the checkpoint's own name
     unknown = []
-    for key in state_dict:
+    for key in state_dict:  # with downsampling renamed; IGNORED and unknown keys are never renamed
         if key.startswith(tuple(IGNORED)):
             report.unused[key] = next(why for prefix, why in IGNORED.items() if key.startswith(prefix))
         elif key in rest:
@@ -61,7 +68,7 @@ def convert_timm_swin(state_dict: dict[str, torch.Tensor], config: GeoMIMConfig,
             stage = int(key.split(".")[1])
             value = resize_relative_position_bias_table(value, (config.window_size[stage],) * 2)
         converted["encoder." + key] = value
-        report.converted["encoder." + key] = _timm_name(key)
+        report.converted["encoder." + key] = sources[key]
 
     model = GeoMIMModel(config).eval()
     if model.encoder.absolute_pos_embed is not None:
@@ -74,29 +81,6 @@ def convert_timm_swin(state_dict: dict[str, torch.Tensor], config: GeoMIMConfig,
     return model, report
 
 
-def _downsample_first(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The original Swin release and timm < 0.9 hold the patch merging at the end of stage i; timm >= 0.9
-    and ours at the start of stage i + 1. The 2x2 concatenation order is the same in both:
-    (row, col) offsets (0, 0), (1, 0), (0, 1), (1, 1)."""
-    if not any(k.startswith("layers.0.downsample.") for k in state_dict):
-        return state_dict
-    moved = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if parts[0] == "layers" and parts[2] == "downsample":
-            parts[1] = str(int(parts[1]) + 1)
-        moved[".".join(parts)] = value
-    return moved
-
-
-def _timm_name(key: str) -> str:
-    if key.startswith("patch_embed."):
-        return "patch_embed.proj." + key[len("patch_embed."):]
-    if key.startswith("patch_norm."):
-        return "patch_embed.norm." + key[len("patch_norm."):]
-    return "layers." + key[len("stages."):]
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -106,8 +90,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
 
-    config = (GeoMIMConfig.from_pretrained(args.config) if os.path.isdir(args.config)
-              else GeoMIMConfig.from_preset(args.config))
+    config = GeoMIMConfig.from_preset_or_folder(args.config)
     if args.timm_model:
         import timm
 

@@ -54,15 +54,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_config(name: str) -> GeoMIMConfig:
-    return GeoMIMConfig.from_pretrained(name) if os.path.isdir(name) else GeoMIMConfig.from_preset(name)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
                                    args.report_to, args.seed)
-    config = load_config(args.model_config)
+    config = GeoMIMConfig.from_preset_or_folder(args.model_config)
     model = GeoMIMForMaskedBEVModeling(config)
     teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).eval().requires_grad_(False)
     teacher.config.check_student(config)

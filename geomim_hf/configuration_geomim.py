@@ -6,6 +6,8 @@ Defaults follow the official GeoMIM pretraining code with a Swin-B encoder (``ge
 
 from __future__ import annotations
 
+import os
+
 from transformers import PreTrainedConfig
 
 from .data.classes import NUSCENES_DETECTION_CLASSES
@@ -273,6 +275,12 @@ class GeoMIMConfig(PreTrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_preset_or_folder(cls, name: str) -> "GeoMIMConfig":
+        """What the scripts' ``--model-config``/``--config`` take: a folder holding ``config.json``, else a
+        preset name."""
+        return cls.from_pretrained(name) if os.path.isdir(name) else cls.from_preset(name)
 
 
 PRESETS: dict[str, dict] = {

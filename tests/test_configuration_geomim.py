@@ -47,3 +47,11 @@ def test_bad_settings_name_the_field(overrides, message):
         GeoMIMConfig(**overrides)
     with pytest.raises(ValueError, match="unknown preset"):
         GeoMIMConfig.from_preset("geomim-huge")
+
+
+def test_preset_or_folder(tmp_path):
+    GeoMIMConfig.from_preset("geomim-tiny", embed_dim=48).save_pretrained(tmp_path)
+    assert GeoMIMConfig.from_preset_or_folder(str(tmp_path)).embed_dim == 48
+    assert GeoMIMConfig.from_preset_or_folder("geomim-tiny").embed_dim == 32
+    with pytest.raises(ValueError, match="unknown preset 'no-such-thing'"):
+        GeoMIMConfig.from_preset_or_folder("no-such-thing")

@@ -14,7 +14,7 @@ import geomim_hf  # noqa: F401  (registers the Auto classes)
 from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor
 from geomim_hf.hub import SUMMARY_METRICS, create_model_card
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
-from tests.helpers import RunsCode
+from tests.helpers import RunsCode, assert_same_weights
 
 METRICS = {"mAP": 0.3125, "NDS": 0.40625, "mATE": 0.5, "mASE": 0.25, "mAOE": 0.75, "mAVE": 1.0, "mAAE": 0.125,
            "AP/car": 0.5, "AP/pedestrian": 0.25}
@@ -133,8 +133,7 @@ def test_sharded_safetensors_round_trip(tmp_path):
     assert len(shards) > 1 and all(name.endswith(".safetensors") for name in shards)
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in os.listdir(tmp_path))
     loaded = GeoMIMForBEVDetection.from_pretrained(tmp_path)
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(model, loaded)
 
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection
 from geomim_hf.convert.convert_geomim_original import convert_geomim_original
+from tests.helpers import assert_same_weights
 
 DEPTHS, HEADS, WINDOWS, EMBED = (1, 1, 2, 1), (1, 2, 2, 4), (4, 4, 4, 2), 16
 
@@ -127,8 +128,7 @@ def test_command_line_output_initialises_the_detector(tmp_path):
                     str(tmp_path / "out")], check=True, capture_output=True)
     detector = GeoMIMForBEVDetection.from_pretrained(tmp_path / "out")
     converted, _ = convert_geomim_original(state, _config())
-    for (name, a), b in zip(converted.state_dict().items(), detector.geomim.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(converted, detector.geomim)
     report = json.load(open(tmp_path / "out" / "conversion_report.json"))
     assert report["converted"]["encoder.stages.1.downsample.reduction.weight"] == \
         "encoders.camera.backbone.stages.0.downsample.reduction.weight"
