@@ -19,3 +19,41 @@ def assert_same_weights(expected, actual) -> None:
     assert list(expected_state) == list(actual_state)
     for name, tensor in expected_state.items():
         assert torch.equal(tensor, actual_state[name]), name
+
+
+def devices() -> list[str]:
+    """The devices a test runs on: the CPU always, CUDA where there is one."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def skip_unless_kernel_runs(backend: str, device: str) -> None:
+    """Triton runs on CUDA tensors, or on CPU tensors under its interpreter (conftest sets
+    TRITON_INTERPRET=1 only where there is no GPU: the variable is read when a kernel is defined)."""
+    import os
+
+    import pytest
+
+    if backend == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest on machines without a GPU)")
+
+
+def full_float32():
+    """A context without TF32 (cuDNN convolutions use it by default): it rounds inputs to 10 mantissa
+    bits, which turns float32 summation-order differences (1e-7) into 1e-3 differences downstream."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def context():
+        matmul = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+
+    return context()

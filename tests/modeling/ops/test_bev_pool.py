@@ -5,22 +5,24 @@ import pytest
 import torch
 
 from geomim_hf.modeling.ops import bev_pool, pool_indices, resolve_backend
+from tests.helpers import devices, skip_unless_kernel_runs
 
 BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 on the CPU (set in conftest)
 
 
-def _problem(dtype=torch.float64, seed=0, shape=(2, 3, 5, 4, 6), channels=7, grid=(8, 9)):
+def _problem(dtype=torch.float64, seed=0, shape=(2, 3, 5, 4, 6), channels=7, grid=(8, 9), device="cpu"):
     generator = torch.Generator().manual_seed(seed)
     batch, views, bins, height, width = shape
-    depth = torch.rand(shape, generator=generator, dtype=dtype).requires_grad_()
-    context = torch.randn(batch, views, channels, height, width, generator=generator, dtype=dtype).requires_grad_()
-    cells = torch.randint(-1, grid[0] * grid[1], shape, generator=generator)  # -1: outside the grid
-    return depth, context, cells, grid
+    depth = torch.rand(shape, generator=generator, dtype=dtype).to(device).requires_grad_()
+    context = torch.randn(batch, views, channels, height, width, generator=generator, dtype=dtype).to(device)
+    cells = torch.randint(-1, grid[0] * grid[1], shape, generator=generator).to(device)  # -1: outside the grid
+    return depth, context.requires_grad_(), cells, grid
 
 
 def _loop(depth, context, cells, grid):
     """Slow and obviously right."""
     batch, views, bins, height, width = depth.shape
+    depth, context, cells = depth.cpu(), context.cpu(), cells.cpu()
     out = torch.zeros(batch, context.shape[2], grid[0] * grid[1], dtype=context.dtype)
     for b in range(batch):
         for n in range(views):
@@ -33,12 +35,15 @@ def _loop(depth, context, cells, grid):
     return out.reshape(batch, -1, *grid)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bev_pool_matches_loop_in_values_and_gradients(backend):
-    depth, context, cells, grid = _problem()
+def test_bev_pool_matches_loop_in_values_and_gradients(backend, device):
+    skip_unless_kernel_runs(backend, device)
+    depth, context, cells, grid = _problem(device=device)
     indices = pool_indices(cells, grid[0] * grid[1])
     actual = bev_pool(depth, context, indices, grid, backend=backend)
-    expected = _loop(depth, context, cells, grid)
+    assert actual.device.type == device
+    expected = _loop(depth, context, cells, grid).to(device)
     torch.testing.assert_close(actual, expected)
     weights = torch.randn_like(expected)
     grads = [torch.autograd.grad((t * weights).sum(), (depth, context)) for t in (actual, expected)]
@@ -46,22 +51,47 @@ def test_bev_pool_matches_loop_in_values_and_gradients(backend):
         torch.testing.assert_close(ours, reference)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck(backend):
-    depth, context, cells, grid = _problem(shape=(1, 2, 3, 2, 3), channels=3, grid=(3, 3), seed=1)
+def test_gradcheck(backend, device):
+    skip_unless_kernel_runs(backend, device)
+    depth, context, cells, grid = _problem(shape=(1, 2, 3, 2, 3), channels=3, grid=(3, 3), seed=1, device=device)
     indices = pool_indices(cells, 9)
     assert torch.autograd.gradcheck(lambda d, c: bev_pool(d, c, indices, grid, backend=backend), (depth, context))
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bfloat16_accumulates_in_float32(backend):
-    depth, context, cells, grid = _problem(dtype=torch.float32, shape=(1, 6, 30, 4, 11), channels=16, grid=(16, 16))
+def test_bfloat16_accumulates_in_float32(backend, device):
+    skip_unless_kernel_runs(backend, device)
+    depth, context, cells, grid = _problem(dtype=torch.float32, shape=(1, 6, 30, 4, 11), channels=16, grid=(16, 16),
+                                           device=device)
     cells = cells.clamp(max=3)  # many points per cell: where bf16 accumulation would drift
     indices = pool_indices(cells, grid[0] * grid[1])
     reference = bev_pool(depth, context, indices, grid, backend="torch")
     half = bev_pool(depth.bfloat16(), context.bfloat16(), indices, grid, backend=backend)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), reference, atol=0.5, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the model-scale kernel check runs on a GPU (the CPU "
+                    "tests above cover the same code under the Triton interpreter)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_torch_at_model_scale_on_cuda(dtype):
+    """Swin-B finetuning's shape (6 views, 59 depth bins, 16 x 44 features, 80 channels, 128 x 128 cells):
+    long runs per cell and many intervals, where indexing or block-size mistakes would show."""
+    depth, context, cells, grid = _problem(dtype=torch.float32, shape=(2, 6, 59, 16, 44), channels=80,
+                                           grid=(128, 128), device="cuda")
+    depth, context = depth.detach().to(dtype).requires_grad_(), context.detach().to(dtype).requires_grad_()
+    indices = pool_indices(cells, grid[0] * grid[1])
+    outputs, gradients = {}, {}
+    for backend in BACKENDS:
+        outputs[backend] = bev_pool(depth, context, indices, grid, backend=backend)
+        gradients[backend] = torch.autograd.grad(outputs[backend].float().square().sum(), (depth, context))
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=2e-2)
+    torch.testing.assert_close(outputs["triton"], outputs["torch"], **tolerance)
+    for ours, reference in zip(gradients["triton"], gradients["torch"]):
+        torch.testing.assert_close(ours, reference, **tolerance)
 
 
 def test_empty_grid_and_compile():
