@@ -79,12 +79,14 @@ def downsample_to_next_stage(key: str, stages: str) -> str:
 @dataclasses.dataclass
 class ConversionReport:
     """Where every source tensor went. ``unused``: source keys not converted, with the reason;
-    ``initialised``: target keys the source cannot provide, with the reason."""
+    ``initialised``: target keys the source cannot provide, with the reason; ``notes``: what the
+    converter found out about the source (e.g. a detected weight layout)."""
 
     source: str
     converted: dict[str, str] = dataclasses.field(default_factory=dict)  # target key -> source key
     unused: dict[str, str] = dataclasses.field(default_factory=dict)
     initialised: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def write(self, path: str) -> None:
         with open(path, "w") as handle:
@@ -93,6 +95,44 @@ class ConversionReport:
     def summary(self) -> str:
         return (f"{len(self.converted)} tensors converted, {len(self.initialised)} initialised, "
                 f"{len(self.unused)} source tensors unused")
+
+
+def find_prefix(state_dict: dict[str, torch.Tensor], prefixes, probe: str, source: str, what: str,
+                question: str) -> str:
+    """The first of ``prefixes`` under which ``probe`` is a checkpoint key (where a wrapper model keeps the
+    part we convert); otherwise an error naming ``what`` was looked for, where, and ``question``."""
+    for prefix in prefixes:
+        if prefix + probe in state_dict:
+            return prefix
+    raise KeyError(f"{source}: no {what} found (looked for {probe} under {[p or '<root>' for p in prefixes]}); "
+                   f"{question}")
+
+
+def split_checkpoint(state_dict: dict[str, torch.Tensor], prefix: str, other_parts: dict[str, str],
+                     report: ConversionReport) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+    """Sort a checkpoint's keys: those under ``prefix``, returned as ``{name without prefix: (key,
+    tensor)}``; those starting with a key of ``other_parts`` (prefix -> reason), recorded as unused with
+    their reason; and the rest, returned as unknown (for :func:`refuse_unknown`)."""
+    inside, unknown = {}, []
+    for key, value in state_dict.items():
+        if reason := next((why for part, why in other_parts.items() if key.startswith(part)), None):
+            report.unused[key] = reason
+        elif key.startswith(prefix):
+            inside[key[len(prefix):]] = (key, value)
+        else:
+            unknown.append(key)
+    return inside, unknown
+
+
+def save_conversion(model, report: ConversionReport, output_dir: str, extra: str = "") -> None:
+    """What every converter's command line ends with: the ``save_pretrained`` folder, its
+    ``conversion_report.json``, a one-line summary and the reasons source tensors were left out."""
+    model.save_pretrained(output_dir)
+    report.write(os.path.join(output_dir, "conversion_report.json"))
+    print(f"{report.source} -> {output_dir}: {report.summary()}{extra}")
+    left = sorted(set(report.unused.values()))
+    if left:
+        print("not converted (see conversion_report.json):\n  " + "\n  ".join(left))
 
 
 def assign(model: torch.nn.Module, converted: dict[str, torch.Tensor], report: ConversionReport,

@@ -19,7 +19,6 @@ initialises ``GeoMIMForBEVDetection`` (``examples/finetune_detection.py --init O
 from __future__ import annotations
 
 import argparse
-import os
 import re
 
 import torch
@@ -29,8 +28,11 @@ from geomim_hf.convert.common import (
     ConversionReport,
     assign,
     downsample_to_next_stage,
+    find_prefix,
     load_state_dict,
     refuse_unknown,
+    save_conversion,
+    split_checkpoint,
 )
 
 # Where the encoder sits in each release, tried in order.
@@ -75,26 +77,15 @@ def unfold_to_swin_order(tensor: torch.Tensor) -> torch.Tensor:
     return grouped.transpose(-1, -2).reshape(tensor.shape)  # (..., 4, C) -> k*C + c
 
 
-def find_encoder_prefix(state_dict: dict[str, torch.Tensor], source: str) -> str:
-    for prefix in ENCODER_PREFIXES:
-        if prefix + "patch_embed.projection.weight" in state_dict:
-            return prefix
-    raise KeyError(f"{source}: no mmdet-style Swin found (looked for patch_embed.projection.weight under "
-                   f"{[p or '<root>' for p in ENCODER_PREFIXES]}); is this a GeoMIM checkpoint?")
-
-
 def convert_geomim_original(state_dict: dict[str, torch.Tensor], config: GeoMIMConfig, source: str = "geomim"):
     """Returns (``GeoMIMModel`` holding the official encoder, :class:`ConversionReport`)."""
     report = ConversionReport(source)
-    prefix = find_encoder_prefix(state_dict, source)
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        name = key[len(prefix):]
-        if reason := next((why for part, why in OTHER_PARTS.items() if key.startswith(part)), None):
-            report.unused[key] = reason
-        elif not key.startswith(prefix):
-            unknown.append(key)
-        elif name.startswith(DECODER_PARTS):
+    prefix = find_prefix(state_dict, ENCODER_PREFIXES, "patch_embed.projection.weight", source,
+                         "mmdet-style Swin", "is this a GeoMIM checkpoint?")
+    encoder, unknown = split_checkpoint(state_dict, prefix, OTHER_PARTS, report)
+    converted = {}
+    for name, (key, value) in encoder.items():
+        if name.startswith(DECODER_PARTS):
             report.unused[key] = "official MIM decoder (pretraining only; geomim-hf's decoder is its own)"
         elif name.endswith("relative_position_index"):
             report.unused[key] = "buffer recomputed by our blocks"
@@ -142,12 +133,7 @@ def main(argv=None) -> None:
     config = GeoMIMConfig.from_preset_or_folder(args.config)
     state_dict = load_state_dict(args.checkpoint, key=args.checkpoint_key)
     model, report = convert_geomim_original(state_dict, config, args.checkpoint)
-    model.save_pretrained(args.output_dir)
-    report.write(os.path.join(args.output_dir, "conversion_report.json"))
-    print(f"{args.checkpoint} -> {args.output_dir}: {report.summary()}")
-    left = sorted({why for why in report.unused.values()})
-    if left:
-        print("not converted (see conversion_report.json):\n  " + "\n  ".join(left))
+    save_conversion(model, report, args.output_dir)
 
 
 if __name__ == "__main__":

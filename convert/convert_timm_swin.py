@@ -17,7 +17,6 @@ the weights.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -29,6 +28,7 @@ from geomim_hf.convert.common import (
     load_state_dict,
     refuse_unknown,
     resize_relative_position_bias_table,
+    save_conversion,
 )
 from geomim_hf.modeling.swin import timm_checkpoint_filter
 
@@ -99,9 +99,7 @@ def main(argv=None) -> None:
     else:
         state_dict, name = load_state_dict(args.checkpoint), args.checkpoint
     model, report = convert_timm_swin(state_dict, config, name)
-    model.save_pretrained(args.output_dir)
-    report.write(os.path.join(args.output_dir, "conversion_report.json"))
-    print(f"{name} -> {args.output_dir}: {report.summary()}")
+    save_conversion(model, report, args.output_dir)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Run the frozen LiDAR teacher once over a split and cache its BEV features (the pretraining
 targets) as one safetensors file per sample, so pretraining needs no teacher forward.
 
+``TEACHER_DIR`` holds either LiDAR teacher (pillar CenterPoint or BEVFusion's sparse encoder).
+
     python examples/cache_teacher_features.py --teacher TEACHER_DIR --dataroot DIR --version v1.0-mini \
         --split mini_train --output-dir OUT/teacher_features
     accelerate launch examples/pretrain.py ... --teacher TEACHER_DIR --teacher-features OUT/teacher_features
@@ -16,13 +18,13 @@ from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import write_features, write_index
+from geomim_hf.teachers import load_teacher
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--teacher", required=True, help="folder of a LiDAR teacher (save_pretrained)")
     parser.add_argument("--dataroot", required=True)
     parser.add_argument("--version", default="v1.0-trainval")
     parser.add_argument("--split", default="train")
@@ -32,9 +34,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).eval().to(args.device)
-    rows = load_nuscenes(args.dataroot, args.version, args.split, sweeps=args.sweeps,
-                         classes=teacher.config.class_names)
+    teacher = load_teacher(args.teacher).to(args.device)
+    # Only the points are read (no boxes), so the class list does not matter here.
+    rows = load_nuscenes(args.dataroot, args.version, args.split, sweeps=args.sweeps)
     loader = make_dataloader(rows, GeoMIMImageProcessor(), args.batch_size, with_targets=False, with_images=False)
     os.makedirs(args.output_dir, exist_ok=True)
     with torch.no_grad():

@@ -3,6 +3,9 @@
     accelerate launch examples/pretrain.py --dataset nuscenes --dataroot DIR --version v1.0-mini \
         --train-split mini_train --model-config geomim-tiny --teacher TEACHER_DIR --output-dir OUT --max-steps 500
 
+``--teacher`` is a folder of either LiDAR teacher: the pillar CenterPoint of
+``examples/train_lidar_teacher.py`` or BEVFusion's sparse encoder of
+``geomim_hf.convert.convert_bevfusion_lidar`` (the official target; needs ``geomim-hf[sparse]``).
 Teacher targets are computed on the fly by the frozen teacher, or read from a cache written by
 ``examples/cache_teacher_features.py`` (``--teacher-features DIR``). As the official recipe, the BEV
 augmentation is random flips of x and y, applied to student and teacher alike. Checkpoints are
@@ -25,8 +28,8 @@ from accelerate.logging import get_logger
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.hub import create_model_card
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
+from geomim_hf.teachers import load_teacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
@@ -49,7 +52,8 @@ def parse_args(argv=None):
     add_training_arguments(parser, max_steps=1000, batch_size=2, learning_rate=2e-4, warmup_steps=500,
                            logging_steps=10)
     parser.add_argument("--model-config", default="geomim-tiny", help="a preset name or a folder with config.json")
-    parser.add_argument("--teacher", required=True, help="folder of a trained GeoMIMLidarTeacher (save_pretrained)")
+    parser.add_argument("--teacher", required=True, help="folder of a LiDAR teacher (save_pretrained): a trained "
+                        "GeoMIMLidarTeacher or a converted GeoMIMSparseTeacher")
     parser.add_argument("--teacher-features", default=None, help="cached targets (examples/cache_teacher_features.py)")
     return parser.parse_args(argv)
 
@@ -60,7 +64,7 @@ def main(argv=None) -> None:
                                    args.report_to, args.seed)
     config = GeoMIMConfig.from_preset_or_folder(args.model_config)
     model = GeoMIMForMaskedBEVModeling(config)
-    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).eval().requires_grad_(False)
+    teacher = load_teacher(args.teacher)  # frozen, either kind
     teacher.config.check_student(config)
     cache = TeacherFeatureCache(args.teacher_features) if args.teacher_features else None
     logger.info(f"student {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; targets "
@@ -95,7 +99,7 @@ def main(argv=None) -> None:
             if cache is not None:
                 target = cache.load(batch["sample_token"], batch["bev_transform"]).to(accelerator.device)
             else:
-                target = teacher(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"]).bev_features
+                target = teacher.bev_features(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"])
         with accelerator.accumulate(model):
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
                         bool_masked_pos=mask)

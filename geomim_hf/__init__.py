@@ -2,7 +2,9 @@
 
 Importing the package registers ``geomim`` with the transformers Auto classes: AutoConfig, AutoModel (the
 encoder), AutoImageProcessor, AutoModelForMaskedImageModeling (pretraining) and
-AutoModelForObjectDetection (the BEV detector).
+AutoModelForObjectDetection (the BEV detector); and the two LiDAR teachers, ``geomim_lidar_teacher``
+(pillar CenterPoint) and ``geomim_sparse_teacher`` (BEVFusion's sparse encoder), with AutoConfig and
+AutoModel (``geomim_hf.teachers.load_teacher`` loads either).
 """
 
 from transformers import (
@@ -15,6 +17,8 @@ from transformers import (
 
 from .configuration_geomim import PRESETS, GeoMIMConfig
 from .image_processing_geomim import GeoMIMImageProcessor
+from .modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from .modeling_sparse_teacher import GeoMIMSparseTeacher, GeoMIMSparseTeacherConfig
 from .modeling_geomim import (
     GeoMIMForBEVDetection,
     GeoMIMForMaskedBEVModeling,
@@ -31,6 +35,10 @@ AutoModel.register(GeoMIMConfig, GeoMIMModel, exist_ok=True)
 AutoModelForMaskedImageModeling.register(GeoMIMConfig, GeoMIMForMaskedBEVModeling, exist_ok=True)
 # 3D boxes from cameras: the nearest Auto task (its outputs are ours, not DETR's).
 AutoModelForObjectDetection.register(GeoMIMConfig, GeoMIMForBEVDetection, exist_ok=True)
+AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig, exist_ok=True)
+AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher, exist_ok=True)
+AutoConfig.register(GeoMIMSparseTeacherConfig.model_type, GeoMIMSparseTeacherConfig, exist_ok=True)
+AutoModel.register(GeoMIMSparseTeacherConfig, GeoMIMSparseTeacher, exist_ok=True)
 
 __all__ = [
     "PRESETS",
@@ -38,8 +46,12 @@ __all__ = [
     "GeoMIMForBEVDetection",
     "GeoMIMForMaskedBEVModeling",
     "GeoMIMImageProcessor",
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherConfig",
     "GeoMIMModel",
     "GeoMIMPreTrainedModel",
+    "GeoMIMSparseTeacher",
+    "GeoMIMSparseTeacherConfig",
     "__version__",
     "random_cell_mask",
 ]

@@ -242,6 +242,21 @@ class GeoMIMConfig(PreTrainedConfig):
         """(Y, X) cells of the teacher's target grid."""
         return tuple(size // self.bev_downsample for size in self.bev_grid_size)
 
+    def check_teacher(self, teacher: str, x_range, y_range, cell: float, channels: int) -> None:
+        """Fail, naming the fields, unless a teacher's BEV map (extent in metres, ``cell`` metres, ``channels``)
+        is this student's target grid. ``teacher`` names it in the message."""
+        problems = []
+        if tuple(x_range) != tuple(self.bev_x_range) or tuple(y_range) != tuple(self.bev_y_range):
+            problems.append(f"extent x {tuple(x_range)} y {tuple(y_range)} vs the student's bev_x_range "
+                            f"{self.bev_x_range} bev_y_range {self.bev_y_range}")
+        if abs(cell - self.bev_resolution * self.bev_downsample) > 1e-6:
+            problems.append(f"target cell {cell:g} m vs the student's {self.bev_resolution * self.bev_downsample:g} m "
+                            "(bev_resolution x bev_downsample)")
+        if channels != self.target_channels:
+            problems.append(f"target channels {channels} vs the student's target_channels {self.target_channels}")
+        if problems:
+            raise ValueError(f"{teacher} does not fit the student: " + "; ".join(problems))
+
     def validate_geometry(self) -> None:
         """Fail early, naming the field, on settings the networks cannot realise."""
         stages = self.num_stages

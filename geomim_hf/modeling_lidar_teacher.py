@@ -6,6 +6,13 @@ official target is TransFusion-L's sparse 3-D encoder output: the deepest LiDAR-
 encoding before the 2-D BEV backbone and neck, at 0.6 m. A pillar network has no 3-D encoder; its
 backbone stages play that part, so ``target_layer`` picks the stage whose stride lands on the
 target grid (the last, by default): the deepest geometry features before the neck mixes scales.
+
+The same class also runs mmdetection3d's nuScenes pillar CenterPoint
+(``GeoMIMLidarTeacherConfig.mmdet3d_centerpoint_pillar02()``; weights from
+``convert/convert_mmdet3d_centerpoint.py``): 11 point features, hard voxelization, BatchNorm eps 1e-3,
+six task groups in the head, and the pillar grid laid out in the LiDAR frame (``frame="lidar"``),
+where that network was trained. Its boxes are decoded in the LiDAR frame and returned in the ego
+frame, and its target stage is resampled onto the ego-frame grid the student predicts.
 """
 
 from __future__ import annotations
@@ -20,7 +27,16 @@ from transformers.utils import ModelOutput
 
 from .configuration_geomim import GeoMIMConfig
 from .data.classes import NUSCENES_DETECTION_CLASSES
-from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_heatmap_output
+from .modeling.centerpoint import (
+    BevGrid,
+    CenterHead,
+    build_targets,
+    center_loss,
+    decode,
+    init_heatmap_output,
+    transform_boxes,
+)
+from .modeling.bev_resample import resample_bev
 from .modeling.pillars import PillarEncoder
 
 # Teacher widths to pair with a student preset (others take the pillar network's defaults).
@@ -31,6 +47,20 @@ TEACHER_PRESETS = {
 # CenterPoint's nuScenes circle-NMS radii (metres), by detection class.
 NMS_RADIUS = {"car": 4.0, "truck": 12.0, "construction_vehicle": 12.0, "bus": 10.0, "trailer": 10.0, "barrier": 1.0,
               "motorcycle": 0.85, "bicycle": 0.85, "pedestrian": 0.175, "traffic_cone": 0.175}
+# mmdetection3d's configs/_base_/models/centerpoint_pillar02_second_secfpn_nus.py with the nuScenes
+# point_cloud_range of centerpoint_pillar02_second_secfpn_8xb4-cyclic-20e_nus-3d.py (LiDAR frame).
+MMDET3D_CENTERPOINT_PILLAR02 = {
+    "x_range": (-51.2, 51.2), "y_range": (-51.2, 51.2), "z_range": (-5.0, 3.0), "pillar_size": 0.2,
+    "pillar_channels": 64, "backbone_channels": (64, 128, 256), "backbone_layers": (3, 5, 5),
+    "backbone_strides": (2, 2, 2), "neck_channels": 128, "neck_stride": 4, "head_channels": 64,
+    "class_names": NUSCENES_DETECTION_CLASSES,
+    "head_tasks": (("car",), ("truck", "construction_vehicle"), ("bus", "trailer"), ("barrier",),
+                   ("motorcycle", "bicycle"), ("pedestrian", "traffic_cone")),
+    "head_final_kernel": 3, "pillar_center_z": True, "max_points_per_pillar": 20,
+    "max_pillars": 40000,  # the test-time max_voxels (training used 30000)
+    "norm_eps": 1e-3, "norm_momentum": 0.01, "frame": "lidar", "score_threshold": 0.1, "max_detections": 500,
+}
+FRAMES = ("ego", "lidar")
 
 
 class GeoMIMLidarTeacherConfig(PretrainedConfig):
@@ -47,6 +77,22 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
         class_names (`tuple[str, ...]`): detection classes (nuScenes' ten).
         target_layer (`int`, defaults to -1): the backbone stage whose output is the BEV target.
         score_threshold, max_detections: decoding (peaks kept before the threshold and NMS).
+        pillar_center_z (`bool`, defaults to `False`): decorate each point with its z offset from the
+            pillar's vertical centre too: 11 point features instead of 10 (mmdetection3d).
+        max_points_per_pillar (`int`, *optional*): hard voxelization: each pillar keeps its first points
+            (input order) and its unfilled slots enter the pillar's max as zero points (mmdetection3d: 20).
+        max_pillars (`int`, *optional*): hard voxelization: at most this many pillars per sample, the first
+            opened in point order (mmdetection3d: 40000 at test time).
+        norm_eps (`float`, defaults to 1e-5), norm_momentum (`float`, defaults to 0.1): BatchNorm of the
+            pillar net, backbone and neck (mmdetection3d: 1e-3, 0.01; its head keeps PyTorch's defaults).
+        head_tasks (`tuple[tuple[str, ...], ...]`, *optional*): class names per head task group; each
+            task has its own heatmap and one branch per regression quantity (mmdetection3d's nuScenes
+            CenterPoint: six groups). None: one task, one heatmap and one 10-channel regression branch.
+        head_final_kernel (`int`, defaults to 1): kernel of the head's output convs (mmdetection3d: 3).
+        frame (`str`, defaults to `"ego"`): the frame the pillar grid and head are laid out in: `"ego"`
+            (points go through ``ego_from_lidar`` first) or `"lidar"` (the LiDAR frame, as mmdetection3d's
+            nuScenes models; boxes are still taken and returned in the ego frame and ``bev_features`` is
+            resampled onto the ego-frame grid over the same ranges).
     """
 
     model_type = "geomim_lidar_teacher"
@@ -54,7 +100,9 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
     def __init__(self, x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), z_range=(-5.0, 3.0), pillar_size=0.2,
                  pillar_channels=64, backbone_channels=(64, 128, 256), backbone_layers=(3, 5, 5),
                  backbone_strides=(2, 2, 2), neck_channels=128, neck_stride=2, head_channels=64,
-                 class_names=NUSCENES_DETECTION_CLASSES, target_layer=-1, score_threshold=0.1, max_detections=500, **kwargs):
+                 class_names=NUSCENES_DETECTION_CLASSES, target_layer=-1, score_threshold=0.1, max_detections=500,
+                 pillar_center_z=False, max_points_per_pillar=None, max_pillars=None, norm_eps=1e-5, norm_momentum=0.1,
+                 head_tasks=None, head_final_kernel=1, frame="ego", **kwargs):
         self.x_range, self.y_range, self.z_range = tuple(x_range), tuple(y_range), tuple(z_range)
         self.pillar_size = float(pillar_size)
         self.pillar_channels = pillar_channels
@@ -65,12 +113,33 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
         self.class_names = tuple(class_names)
         self.target_layer = target_layer
         self.score_threshold, self.max_detections = score_threshold, max_detections
+        self.pillar_center_z = bool(pillar_center_z)
+        self.max_points_per_pillar, self.max_pillars = max_points_per_pillar, max_pillars
+        self.norm_eps, self.norm_momentum = float(norm_eps), float(norm_momentum)
+        self.head_tasks = None if head_tasks is None else tuple(tuple(task) for task in head_tasks)
+        self.head_final_kernel = head_final_kernel
+        self.frame = frame
         super().__init__(**kwargs)
         if not (len(self.backbone_channels) == len(self.backbone_layers) == len(self.backbone_strides)):
             raise ValueError("backbone_channels, backbone_layers and backbone_strides need one entry per stage")
         unknown = [n for n in self.class_names if n not in NMS_RADIUS]
         if unknown:
             raise ValueError(f"class_names {unknown} have no NMS radius; known: {sorted(NMS_RADIUS)}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"frame {self.frame!r} is not one of {FRAMES}")
+        if self.head_tasks is not None:
+            grouped = [name for task in self.head_tasks for name in task]
+            if sorted(grouped) != sorted(self.class_names) or len(set(grouped)) != len(grouped):
+                raise ValueError(f"head_tasks {self.head_tasks} must hold every name of class_names "
+                                 f"{self.class_names} exactly once")
+
+    @classmethod
+    def mmdet3d_centerpoint_pillar02(cls, **overrides) -> "GeoMIMLidarTeacherConfig":
+        """mmdetection3d's nuScenes pillar CenterPoint, ``centerpoint_pillar02_second_secfpn_8xb4-cyclic-20e_nus-3d``
+        (and its ``head-circlenms`` twin, the same weights): 0.2 m pillars over [-51.2, 51.2]^2 x [-5, 3] m in
+        the LiDAR frame, SECOND (64, 128, 256) + SECONDFPN to stride 4, six-task CenterHead. The layout
+        ``convert_mmdet3d_centerpoint`` converts into. ``overrides`` replace fields (e.g. ``target_layer``)."""
+        return cls(**{**MMDET3D_CENTERPOINT_PILLAR02, **overrides})
 
     @property
     def target_stride(self) -> int:
@@ -102,26 +171,18 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
 
     def check_student(self, student: GeoMIMConfig) -> None:
         """Fail, naming the fields, unless the target stage lands on the student's target grid."""
-        problems = []
-        if self.x_range != student.bev_x_range or self.y_range != student.bev_y_range:
-            problems.append(f"extent x {self.x_range} y {self.y_range} vs the student's bev_x_range "
-                            f"{student.bev_x_range} bev_y_range {student.bev_y_range}")
-        if abs(self.target_resolution - student.bev_resolution * student.bev_downsample) > 1e-6:
-            problems.append(f"target cell {self.target_resolution} m vs the student's "
-                            f"{student.bev_resolution * student.bev_downsample} m (bev_resolution x bev_downsample)")
-        if self.target_channels != student.target_channels:
-            problems.append(f"target channels {self.target_channels} vs the student's target_channels "
-                            f"{student.target_channels}")
-        if problems:
-            raise ValueError("the LiDAR teacher does not fit the student: " + "; ".join(problems))
+        student.check_teacher("the LiDAR teacher", self.x_range, self.y_range, self.target_resolution,
+                              self.target_channels)
 
 
 @dataclass
 class LidarTeacherOutput(ModelOutput):
     """
     loss, heatmap_loss, regression_loss: CenterPoint's losses, given boxes.
-    heatmap: (B, K, Y_h, X_h) class logits; regression: (B, 10, Y_h, X_h).
-    bev_features: (B, C_t, Y_t, X_t) the target stage, GeoMIM's pretraining target.
+    heatmap: (B, K, Y_h, X_h) class logits; regression: (B, 10, Y_h, X_h), or (B, K, 10, Y_h, X_h) per
+        class with ``head_tasks``; both on the head's grid, in the config's ``frame``.
+    bev_features: (B, C_t, Y_t, X_t) the target stage on the ego-frame grid, GeoMIM's pretraining target.
+    ego_from_lidar: (B, 4, 4) with ``frame="lidar"``: what ``post_process`` maps the boxes to ego with.
     """
 
     loss: torch.Tensor | None = None
@@ -130,6 +191,7 @@ class LidarTeacherOutput(ModelOutput):
     heatmap: torch.Tensor | None = None
     regression: torch.Tensor | None = None
     bev_features: torch.Tensor | None = None
+    ego_from_lidar: torch.Tensor | None = None
 
 
 class GeoMIMLidarTeacher(PreTrainedModel):
@@ -140,8 +202,14 @@ class GeoMIMLidarTeacher(PreTrainedModel):
         super().__init__(config)
         self.encoder = PillarEncoder(config.x_range, config.y_range, config.z_range, config.pillar_size,
                                      config.pillar_channels, config.backbone_channels, config.backbone_layers,
-                                     config.backbone_strides, config.neck_channels, config.neck_stride)
-        self.head = CenterHead(self.encoder.out_channels, len(config.class_names), config.head_channels)
+                                     config.backbone_strides, config.neck_channels, config.neck_stride,
+                                     center_z=config.pillar_center_z,
+                                     max_points_per_pillar=config.max_points_per_pillar, max_pillars=config.max_pillars,
+                                     norm_eps=config.norm_eps, norm_momentum=config.norm_momentum)
+        task_classes = None if config.head_tasks is None else [
+            [config.class_names.index(name) for name in task] for task in config.head_tasks]
+        self.head = CenterHead(self.encoder.out_channels, len(config.class_names), config.head_channels,
+                               task_classes=task_classes, final_kernel=config.head_final_kernel)
         self.grid = BevGrid(config.x_range, config.y_range, config.pillar_size * config.neck_stride)
         self.post_init()
 
@@ -167,17 +235,27 @@ class GeoMIMLidarTeacher(PreTrainedModel):
         """lidar_points: (B, P, 5) in the LiDAR frame (x, y, z, intensity, time lag); ego_from_lidar:
         (B, 4, 4); point_mask: (B, P). Targets (ego frame, as the loaders give them): boxes (B, K, 7),
         velocities (B, K, 2), labels (B, K) into ``class_names``, box_mask (B, K)."""
-        rotation, translation = ego_from_lidar[:, None, :3, :3], ego_from_lidar[:, None, :3, 3]
-        xyz = (rotation @ lidar_points[..., :3, None]).squeeze(-1) + translation
-        points_ego = torch.cat([xyz, lidar_points[..., 3:5]], -1)
-        _, stages, neck = self.encoder(points_ego, point_mask)
+        lidar_frame = self.config.frame == "lidar"
+        if lidar_frame:
+            points = lidar_points[..., :5]
+        else:
+            rotation, translation = ego_from_lidar[:, None, :3, :3], ego_from_lidar[:, None, :3, 3]
+            xyz = (rotation @ lidar_points[..., :3, None]).squeeze(-1) + translation
+            points = torch.cat([xyz, lidar_points[..., 3:5]], -1)  # ego frame
+        _, stages, neck = self.encoder(points, point_mask)
         head = self.head(neck)
-        output = LidarTeacherOutput(heatmap=head["heatmap"], regression=head["regression"],
-                                    bev_features=stages[self.config.target_layer])
+        bev_features = stages[self.config.target_layer]
+        if lidar_frame:  # the student predicts the target on the ego-frame grid
+            bev_features = resample_bev(bev_features, ego_from_lidar, self.config.x_range, self.config.y_range,
+                                        self.config.x_range, self.config.y_range, self.config.target_resolution)
+        output = LidarTeacherOutput(heatmap=head["heatmap"], regression=head["regression"], bev_features=bev_features,
+                                    ego_from_lidar=ego_from_lidar if lidar_frame else None)
         if boxes is not None:
             box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
-            targets = build_targets(boxes.float(), velocities.float(), labels, box_mask, self.grid,
-                                    len(self.config.class_names))
+            boxes, velocities = boxes.float(), velocities.float()
+            if lidar_frame:  # targets live on the head's LiDAR-frame grid
+                boxes, velocities = transform_boxes(torch.linalg.inv(ego_from_lidar.float()), boxes, velocities)
+            targets = build_targets(boxes, velocities, labels, box_mask, self.grid, len(self.config.class_names))
             terms = center_loss(head, targets)
             output.loss, output.heatmap_loss, output.regression_loss = (
                 terms["loss"], terms["heatmap_loss"], terms["regression_loss"])
@@ -190,8 +268,17 @@ class GeoMIMLidarTeacher(PreTrainedModel):
 
     def post_process(self, outputs: LidarTeacherOutput, score_threshold: float | None = None,
                      top_k: int | None = None) -> list[dict[str, torch.Tensor]]:
-        """Per sample ego-frame ``boxes`` (P, 7), ``scores``, ``labels`` and ``velocities``."""
+        """Per sample ego-frame ``boxes`` (P, 7) (z at the centre), ``scores``, ``labels`` and ``velocities``."""
         radius = {i: NMS_RADIUS[name] for i, name in enumerate(self.config.class_names)}
-        return decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, self.grid,
-                      top_k or self.config.max_detections,
-                      self.config.score_threshold if score_threshold is None else score_threshold, radius)
+        results = decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, self.grid,
+                         top_k or self.config.max_detections,
+                         self.config.score_threshold if score_threshold is None else score_threshold, radius)
+        if self.config.frame == "lidar":
+            if outputs.ego_from_lidar is None:
+                raise ValueError("frame='lidar': the head decodes LiDAR-frame boxes, and outputs.ego_from_lidar "
+                                 "(set by the forward pass) is None")
+            for result, ego_from_lidar in zip(results, outputs.ego_from_lidar.float()):
+                boxes, velocities = transform_boxes(ego_from_lidar[None], result["boxes"][None],
+                                                    result["velocities"][None])
+                result["boxes"], result["velocities"] = boxes[0], velocities[0]
+        return results

@@ -8,6 +8,7 @@ cell: a heatmap per class, the centre's sub-cell offset (2), its height (1), log
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,32 +37,93 @@ class BevGrid:
                 int(round((self.x_range[1] - self.x_range[0]) / self.resolution)))
 
 
-class CenterHead(nn.Module):
-    """Shared 3x3 conv, then a heatmap branch (num_classes) and regression branches."""
+def transform_boxes(target_from_source: torch.Tensor, boxes: torch.Tensor, velocities: torch.Tensor | None = None):
+    """Boxes ``(x, y, z, l, w, h, yaw)`` (B, K, 7), z at the centre, and velocities (B, K, 2) from the
+    source frame to the target frame, ``target_from_source`` (B, 4, 4). The centre moves rigidly, the
+    yaw is the heading direction's after rotation, velocities rotate (NaN stays NaN). Returns
+    (boxes (B, K, 7), velocities (B, K, 2) or None)."""
+    rotation, translation = target_from_source[:, None, :3, :3], target_from_source[:, None, :3, 3]
+    centers = (rotation @ boxes[..., :3, None]).squeeze(-1) + translation
+    yaw = boxes[..., 6]
+    heading = torch.stack([torch.cos(yaw), torch.sin(yaw), torch.zeros_like(yaw)], -1)
+    heading = (rotation @ heading[..., None]).squeeze(-1)
+    moved = torch.cat([centers, boxes[..., 3:6], torch.atan2(heading[..., 1], heading[..., 0])[..., None]], -1)
+    if velocities is None:
+        return moved, None
+    velocities_3d = torch.cat([velocities, torch.zeros_like(velocities[..., :1])], -1)
+    return moved, (rotation @ velocities_3d[..., None]).squeeze(-1)[..., :2]
 
-    def __init__(self, in_channels: int, num_classes: int, head_channels: int = 64, num_attributes: int = 0):
+
+class CenterHead(nn.Module):
+    """Shared 3x3 conv, then a heatmap branch (num_classes) and regression branches.
+
+    By default one task covers every class, with one 10-channel regression branch. ``task_classes``
+    splits the classes into task groups as mmdetection3d's nuScenes CenterPoint does: each task has its
+    own heatmap branch over its classes and, like mmdetection3d's ``SeparateHead``, one branch per
+    regression quantity (``REGRESSION_SLICES``: offset, height, size, rotation, velocity).
+
+    Args:
+        in_channels, num_classes, head_channels: widths.
+        num_attributes: attribute logits per cell (one task only).
+        task_classes: class ids per task; together exactly ``range(num_classes)``.
+        final_kernel: kernel of each branch's output conv (mmdetection3d: 3; its other convs are 3x3).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, head_channels: int = 64, num_attributes: int = 0,
+                 task_classes: Sequence[Sequence[int]] | None = None, final_kernel: int = 1):
         super().__init__()
         self.shared = nn.Sequential(nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(head_channels), nn.ReLU(True))
 
         def branch(out_channels):
             return nn.Sequential(nn.Conv2d(head_channels, head_channels, 3, padding=1, bias=False),
-                                 nn.BatchNorm2d(head_channels), nn.ReLU(True), nn.Conv2d(head_channels, out_channels, 1))
+                                 nn.BatchNorm2d(head_channels), nn.ReLU(True),
+                                 nn.Conv2d(head_channels, out_channels, final_kernel, padding=final_kernel // 2))
 
-        self.heatmap = branch(num_classes)
-        self.regression = branch(REGRESSION_CHANNELS)
-        self.attributes = branch(num_attributes) if num_attributes else None
-        self.heatmap[-1].prior_bias = HEATMAP_PRIOR_BIAS  # tells a model-wide initialiser to call the below
-        init_heatmap_output(self.heatmap[-1])
+        self.task_classes = None
+        if task_classes is None:
+            self.heatmap = branch(num_classes)
+            self.regression = branch(REGRESSION_CHANNELS)
+            self.attributes = branch(num_attributes) if num_attributes else None
+            self.heatmap[-1].prior_bias = HEATMAP_PRIOR_BIAS  # tells a model-wide initialiser to call the below
+            init_heatmap_output(self.heatmap[-1])
+            return
+        self.task_classes = [list(map(int, classes)) for classes in task_classes]
+        flat = [c for classes in self.task_classes for c in classes]
+        if sorted(flat) != list(range(num_classes)):
+            raise ValueError(f"task_classes {self.task_classes} must hold every class id of range({num_classes}) "
+                             "exactly once")
+        if num_attributes:
+            raise ValueError("attributes need the one-task head (task_classes=None)")
+        self.attributes = None
+        self.tasks = nn.ModuleList()
+        for classes in self.task_classes:
+            task = nn.ModuleDict({"heatmap": branch(len(classes)), "regression": nn.ModuleDict(
+                {name: branch(part.stop - part.start) for name, part in REGRESSION_SLICES.items()})})
+            task["heatmap"][-1].prior_bias = HEATMAP_PRIOR_BIAS
+            init_heatmap_output(task["heatmap"][-1])
+            self.tasks.append(task)
+        # Heatmap channels come task-major; class c sits at channel class_channel[c]; its task is class_task[c].
+        self.class_channel = [flat.index(c) for c in range(num_classes)]
+        self.class_task = [next(t for t, classes in enumerate(self.task_classes) if c in classes)
+                           for c in range(num_classes)]
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         """bev: (B, C, Y, X). Returns heatmap logits (B, K, Y, X), regression (B, 10, Y, X) and, with
-        attributes, attribute logits (B, A, Y, X)."""
+        attributes, attribute logits (B, A, Y, X). With task groups the regression is per class,
+        (B, K, 10, Y, X): class k reads its task's maps, so a peak of class k decodes with them."""
         shared = self.shared(bev)
-        out = {"heatmap": self.heatmap(shared), "regression": self.regression(shared)}
-        if self.attributes is not None:
-            out["attributes"] = self.attributes(shared)
-        return out
+        if self.task_classes is None:
+            out = {"heatmap": self.heatmap(shared), "regression": self.regression(shared)}
+            if self.attributes is not None:
+                out["attributes"] = self.attributes(shared)
+            return out
+        heatmaps, regressions = [], []
+        for task in self.tasks:
+            heatmaps.append(task["heatmap"](shared))
+            regressions.append(torch.cat([task["regression"][name](shared) for name in REGRESSION_SLICES], 1))
+        return {"heatmap": torch.cat(heatmaps, 1)[:, self.class_channel],
+                "regression": torch.stack(regressions, 1)[:, self.class_task]}
 
 
 def init_heatmap_output(conv: nn.Conv2d) -> None:
@@ -93,8 +155,9 @@ def build_targets(boxes: torch.Tensor, velocities: torch.Tensor, labels: torch.T
 
     boxes (B, K, 7), velocities (B, K, 2) (NaN: unknown, not supervised), labels (B, K),
     box_mask (B, K). Returns heatmap (B, C, Y, X) in [0, 1]; and per object: ``index`` (B, K) flat
-    cell, ``regression`` (B, K, 10) targets, ``weights`` (B, K, 10) (0 for padding, objects off the
-    grid and unknown velocities), ``attributes`` (B, K) (-1: none).
+    cell, ``labels`` (B, K) its class (0 where not supervised), ``regression`` (B, K, 10) targets,
+    ``weights`` (B, K, 10) (0 for padding, objects off the grid and unknown velocities),
+    ``attributes`` (B, K) (-1: none).
     """
     batch, objects = labels.shape
     height, width = grid.size
@@ -129,8 +192,9 @@ def build_targets(boxes: torch.Tensor, velocities: torch.Tensor, labels: torch.T
     target_attributes = None
     if attributes is not None:
         target_attributes = torch.where(inside, attributes, torch.full_like(attributes, -1))
-    return {"heatmap": heatmap, "index": index, "regression": regression, "weights": weights,
-            "attributes": target_attributes, "num_objects": inside.sum()}
+    return {"heatmap": heatmap, "index": index, "labels": torch.where(inside, labels, torch.zeros_like(labels)),
+            "regression": regression, "weights": weights, "attributes": target_attributes,
+            "num_objects": inside.sum()}
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
@@ -142,13 +206,23 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, b
     return (positive_loss.sum() + negative_loss.sum()) / positive.sum().clamp(min=1.0)
 
 
+def gather_regression(regression: torch.Tensor, cells: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The regression at flat ``cells`` (B, N) for objects of class ``labels`` (B, N): from (B, 10, Y, X)
+    maps shared by all classes, or per-class (B, K, 10, Y, X) maps (task-group heads). Returns (B, N, 10)."""
+    regression = regression.float()
+    if regression.dim() == 4:
+        return regression.flatten(2).gather(2, cells[:, None, :].expand(-1, regression.shape[1], -1)).transpose(1, 2)
+    batch, classes, channels, height, width = regression.shape
+    per_class = regression.permute(0, 1, 3, 4, 2).reshape(batch, classes * height * width, channels)
+    return per_class.gather(1, (labels * height * width + cells)[..., None].expand(-1, -1, channels))
+
+
 def center_loss(outputs: dict, targets: dict, regression_weight: float = 0.25) -> dict[str, torch.Tensor]:
-    """Focal heatmap loss, L1 regression at the objects' cells, attribute cross-entropy; each normalised
-    by the number of objects. Returns the terms and their sum under ``loss``."""
+    """Focal heatmap loss, L1 regression at the objects' cells (from their class's maps where the head
+    has task groups), attribute cross-entropy; each normalised by the number of objects. Returns the
+    terms and their sum under ``loss``."""
     heatmap = focal_loss(outputs["heatmap"], targets["heatmap"])
-    batch, channels = outputs["regression"].shape[:2]
-    gathered = outputs["regression"].float().flatten(2).gather(
-        2, targets["index"][:, None, :].expand(-1, channels, -1)).transpose(1, 2)  # (B, K, 10)
+    gathered = gather_regression(outputs["regression"], targets["index"], targets["labels"])  # (B, K, 10)
     objects = targets["num_objects"].clamp(min=1).float()
     regression = (F.l1_loss(gathered, targets["regression"], reduction="none") * targets["weights"]).sum() / objects
     terms = {"heatmap_loss": heatmap, "regression_loss": regression}
@@ -184,8 +258,8 @@ def decode(outputs: dict, grid: BevGrid, top_k: int = 500, score_threshold: floa
            nms_radius: dict[int, float] | float | None = None) -> list[dict[str, torch.Tensor]]:
     """Boxes from the head: sigmoid heatmap, 3x3 max-pool peak picking, top-k over classes and cells,
     score threshold, then per-class circle NMS (``nms_radius`` in metres per class id, or one value;
-    None skips it). Returns per sample ``boxes`` (P, 7), ``scores``, ``labels``, ``velocities`` (P, 2)
-    and, with attributes, ``attributes`` (P,)."""
+    None skips it). The regression is (B, 10, Y, X), or (B, K, 10, Y, X) per class. Returns per sample
+    ``boxes`` (P, 7), ``scores``, ``labels``, ``velocities`` (P, 2) and, with attributes, ``attributes`` (P,)."""
     heatmap = outputs["heatmap"].float().sigmoid()
     peaks = heatmap == F.max_pool2d(heatmap, 3, stride=1, padding=1)
     heatmap = heatmap * peaks
@@ -193,8 +267,7 @@ def decode(outputs: dict, grid: BevGrid, top_k: int = 500, score_threshold: floa
     scores, flat = heatmap.flatten(1).topk(min(top_k, classes * height * width), dim=1)
     labels, cells = flat // (height * width), flat % (height * width)
     rows, columns = cells // width, cells % width
-    regression = outputs["regression"].float().flatten(2).gather(2, cells[:, None].expand(-1, REGRESSION_CHANNELS, -1))
-    regression = regression.transpose(1, 2)  # (B, top_k, 10)
+    regression = gather_regression(outputs["regression"], cells, labels)  # (B, top_k, 10)
     x = (columns + regression[..., 0]) * grid.resolution + grid.x_range[0]
     y = (rows + regression[..., 1]) * grid.resolution + grid.y_range[0]
     size = regression[..., 3:6].clamp(max=5.0).exp()

@@ -1,14 +1,19 @@
+import math
+
 import pytest
 import torch
 
 from geomim_hf.modeling.centerpoint import (
     REGRESSION_CHANNELS,
+    REGRESSION_SLICES,
     BevGrid,
+    CenterHead,
     build_targets,
     center_loss,
     circle_nms,
     decode,
     focal_loss,
+    transform_boxes,
 )
 
 GRID = BevGrid((-20.0, 20.0), (-10.0, 10.0), 0.5)  # 40 x 80 cells
@@ -89,3 +94,68 @@ def test_loss_is_zero_at_perfect_regression_and_falls_with_training():
         regression.view(1, REGRESSION_CHANNELS, -1)[0, :, targets["index"][0, k]] = targets["regression"][0, k]
     terms = center_loss({"heatmap": torch.zeros(1, 3, *GRID.size), "regression": regression}, targets)
     assert terms["regression_loss"] == 0 and terms["heatmap_loss"] > 0
+
+
+def _task_head():
+    """Task groups (mmdetection3d style) over 4 classes, ordered unlike the class ids; every output conv
+    zeroed but for a bias that names it: heatmap of task t, class slot k -> 10 * t + k; regression of task
+    t, channel j -> 100 * t + j."""
+    head = CenterHead(8, 4, head_channels=8, task_classes=[[2], [3, 0], [1]], final_kernel=3).eval()
+    with torch.no_grad():
+        for t, task in enumerate(head.tasks):
+            task["heatmap"][-1].weight.zero_()
+            task["heatmap"][-1].bias.copy_(10.0 * t + torch.arange(task["heatmap"][-1].bias.numel()))
+            for name, part in REGRESSION_SLICES.items():
+                task["regression"][name][-1].weight.zero_()
+                task["regression"][name][-1].bias.copy_(100.0 * t + torch.arange(part.start, part.stop))
+    return head
+
+
+def test_task_group_head_puts_each_class_on_its_tasks_maps():
+    with torch.no_grad():
+        out = _task_head()(torch.randn(2, 8, 5, 6))
+    assert out["heatmap"].shape == (2, 4, 5, 6) and out["regression"].shape == (2, 4, REGRESSION_CHANNELS, 5, 6)
+    # class 0: task 1 slot 1; class 1: task 2 slot 0; class 2: task 0 slot 0; class 3: task 1 slot 0
+    assert out["heatmap"][0, :, 3, 4].tolist() == [11.0, 20.0, 0.0, 10.0]
+    for label, task in enumerate((1, 2, 0, 1)):
+        assert out["regression"][1, label, :, 2, 2].tolist() == [100.0 * task + j for j in range(REGRESSION_CHANNELS)]
+    with pytest.raises(ValueError, match=r"task_classes \[\[0\], \[2\]\] must hold every class id of range\(3\)"):
+        CenterHead(8, 3, task_classes=[[0], [2]])
+
+
+def test_per_class_regression_decodes_and_trains_each_object_from_its_class():
+    """Two classes peak in the same cell; each box reads its own class's regression."""
+    heatmap = torch.full((1, 2, *GRID.size), -10.0)
+    heatmap[0, :, 7, 30] = 10.0
+    regression = torch.zeros(1, 2, REGRESSION_CHANNELS, *GRID.size)
+    regression[0, 0, :, 7, 30] = torch.tensor([0.5, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    regression[0, 1, :, 7, 30] = torch.tensor([0.25, 0.75, -1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 2.0])
+    result = decode({"heatmap": heatmap, "regression": regression}, GRID, top_k=5, score_threshold=0.5)[0]
+    order = torch.argsort(result["labels"])
+    expected = torch.tensor([[30.5 * 0.5 - 20, 7.5 * 0.5 - 10, 1.0, 1.0, 1.0, 1.0, 0.0],
+                             [30.25 * 0.5 - 20, 7.75 * 0.5 - 10, -1.0, math.e, math.e, math.e, math.pi / 2]])
+    torch.testing.assert_close(result["boxes"][order], expected)
+    torch.testing.assert_close(result["velocities"][order], torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    # The loss gathers each object's targets from its class's maps: zero when they hold them, not when swapped.
+    boxes, velocities, labels, mask = _boxes()
+    targets = build_targets(boxes, velocities, labels, mask, GRID, num_classes=3)
+    per_class = torch.zeros(1, 3, REGRESSION_CHANNELS, *GRID.size)
+    for k in range(2):
+        per_class.view(1, 3, REGRESSION_CHANNELS, -1)[0, labels[0, k], :, targets["index"][0, k]] = \
+            targets["regression"][0, k]
+    outputs = {"heatmap": torch.zeros(1, 3, *GRID.size), "regression": per_class}
+    assert center_loss(outputs, targets)["regression_loss"] == 0
+    outputs["regression"] = per_class[:, [2, 1, 0]]  # classes 0 and 2 swapped
+    assert center_loss(outputs, targets)["regression_loss"] > 1
+
+
+def test_transform_boxes_hand_case():
+    """nuScenes' LIDAR_TOP sits 0.94 m ahead and 1.84 m up, turned -90 degrees: lidar (x, y) = ego (-y, x)."""
+    ego_from_lidar = torch.tensor([[[0.0, 1.0, 0.0, 0.94], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.84],
+                                    [0.0, 0.0, 0.0, 1.0]]])
+    boxes_lidar = torch.tensor([[[-3.8, 3.6, -0.9, 6.0, 2.5, 3.0, 0.3]]])
+    boxes_ego, velocities_ego = transform_boxes(ego_from_lidar, boxes_lidar, torch.tensor([[[1.0, 2.0]]]))
+    torch.testing.assert_close(boxes_ego, torch.tensor([[[4.54, 3.8, 0.94, 6.0, 2.5, 3.0, 0.3 - math.pi / 2]]]))
+    torch.testing.assert_close(velocities_ego, torch.tensor([[[2.0, -1.0]]]))
+    _, unknown = transform_boxes(ego_from_lidar, boxes_lidar, torch.full((1, 1, 2), float("nan")))
+    assert unknown.isnan().all()
