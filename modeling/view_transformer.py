@@ -181,7 +181,6 @@ class LiftSplat(nn.Module):
         indices = self.indices(intrinsics, ego_from_camera, post_transform, bev_transform)
         return bev_pool(depth, context, indices, self.grid_size, backend=self.kernel_backend)
 
-
     def splat_views(self, depth_logits: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
                     ego_from_camera: torch.Tensor, post_transform: torch.Tensor,
                     bev_transform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
