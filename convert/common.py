@@ -3,6 +3,7 @@ into our models (every tensor accounted for; nothing silently partial)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -122,6 +123,19 @@ def split_checkpoint(state_dict: dict[str, torch.Tensor], prefix: str, other_par
         else:
             unknown.append(key)
     return inside, unknown
+
+
+def checkpoint_parser(doc: str, checkpoint_help: str, config_default: str | None,
+                      config_help: str) -> argparse.ArgumentParser:
+    """The command line of a converter that reads one checkpoint file: ``--checkpoint``,
+    ``--checkpoint-key``, ``--config`` and ``--output-dir``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--checkpoint-key", default=None, help="where the weights are in the file (default: "
+                        "state_dict, model or module)")
+    parser.add_argument("--config", default=config_default, help=config_help)
+    parser.add_argument("--output-dir", required=True)
+    return parser
 
 
 def save_conversion(model, report: ConversionReport, output_dir: str, extra: str = "") -> None:

@@ -22,7 +22,6 @@ with the reason; any other key, a missing tensor or a shape the config does not 
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import torch
@@ -30,6 +29,7 @@ import torch
 from geomim_hf.convert.common import (
     ConversionReport,
     assign,
+    checkpoint_parser,
     find_prefix,
     load_state_dict,
     refuse_unknown,
@@ -169,14 +169,10 @@ def _target_name(name: str, config: GeoMIMSparseTeacherConfig) -> str | None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="BEVFusion's lidar-only-det.pth (or another checkpoint "
-                        "holding its SparseEncoder: fusion, GeoMIM pretraining, mmdetection3d)")
-    parser.add_argument("--checkpoint-key", default=None, help="where the weights are in the file (default: "
-                        "state_dict, model or module)")
-    parser.add_argument("--config", default=None, help="a folder with a GeoMIMSparseTeacherConfig config.json "
-                        "(default: the official TransFusion-L settings on geomim-swin-b's target grid)")
-    parser.add_argument("--output-dir", required=True)
+    parser = checkpoint_parser(__doc__, "BEVFusion's lidar-only-det.pth (or another checkpoint holding its "
+                               "SparseEncoder: fusion, GeoMIM pretraining, mmdetection3d)", None,
+                               "a folder with a GeoMIMSparseTeacherConfig config.json (default: the official "
+                               "TransFusion-L settings on geomim-swin-b's target grid)")
     args = parser.parse_args(argv)
 
     config = GeoMIMSparseTeacherConfig.from_pretrained(args.config) if args.config else GeoMIMSparseTeacherConfig()

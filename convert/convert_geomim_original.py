@@ -18,7 +18,6 @@ initialises ``GeoMIMForBEVDetection`` (``examples/finetune_detection.py --init O
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import torch
@@ -27,6 +26,7 @@ from geomim_hf import GeoMIMConfig, GeoMIMModel
 from geomim_hf.convert.common import (
     ConversionReport,
     assign,
+    checkpoint_parser,
     downsample_to_next_stage,
     find_prefix,
     load_state_dict,
@@ -121,13 +121,8 @@ def _convert_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="an official GeoMIM .pth (pretraining or BEVDet finetuned)")
-    parser.add_argument("--checkpoint-key", default=None, help="where the weights are in the file (default: "
-                        "state_dict, model or module)")
-    parser.add_argument("--config", default="geomim-swin-b", help="a preset name or a folder with config.json "
-                        "(geomim-swin-l for the Swin-L release)")
-    parser.add_argument("--output-dir", required=True)
+    parser = checkpoint_parser(__doc__, "an official GeoMIM .pth (pretraining or BEVDet finetuned)", "geomim-swin-b",
+                               "a preset name or a folder with config.json (geomim-swin-l for the Swin-L release)")
     args = parser.parse_args(argv)
 
     config = GeoMIMConfig.from_preset_or_folder(args.config)

@@ -22,13 +22,19 @@ what ``examples/pretrain.py --teacher OUT`` takes, given a student whose target 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
 import torch
 
-from geomim_hf.convert.common import ConversionReport, assign, load_state_dict, refuse_unknown, save_conversion
+from geomim_hf.convert.common import (
+    ConversionReport,
+    assign,
+    checkpoint_parser,
+    load_state_dict,
+    refuse_unknown,
+    save_conversion,
+)
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 
 PRESETS = {"mmdet3d-centerpoint-pillar02": GeoMIMLidarTeacherConfig.mmdet3d_centerpoint_pillar02}
@@ -100,13 +106,9 @@ def convert_mmdet3d_centerpoint(state_dict: dict[str, torch.Tensor], config: Geo
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="mmdetection3d's centerpoint_02pillar_second_secfpn .pth")
-    parser.add_argument("--checkpoint-key", default=None, help="where the weights are in the file (default: "
-                        "state_dict, model or module)")
-    parser.add_argument("--config", default="mmdet3d-centerpoint-pillar02", help="a preset name "
-                        f"({', '.join(PRESETS)}) or a folder with a teacher config.json")
-    parser.add_argument("--output-dir", required=True)
+    parser = checkpoint_parser(__doc__, "mmdetection3d's centerpoint_02pillar_second_secfpn .pth",
+                               "mmdet3d-centerpoint-pillar02",
+                               f"a preset name ({', '.join(PRESETS)}) or a folder with a teacher config.json")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
