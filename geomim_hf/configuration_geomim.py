@@ -13,6 +13,9 @@ from transformers import PreTrainedConfig
 from .data.classes import NUSCENES_DETECTION_CLASSES
 
 
+PRETRAIN_OBJECTIVES = ("geomim", "pixel", "depth")
+
+
 class GeoMIMConfig(PreTrainedConfig):
     r"""
     Args:
@@ -49,6 +52,8 @@ class GeoMIMConfig(PreTrainedConfig):
         depth_branch_num_layers (`int`, defaults to 4): ViT blocks of the depth branch.
         depth_branch_cross_view_layers (`tuple[int, ...]`, defaults to `(0,)`): depth blocks followed by
             Cross-View Attention.
+        decoder_depth_branch (`bool`, defaults to `True`): the camera-aware depth branch; without it
+            (the ablation) the depth net reads the semantic features alone.
         camera_aware_hidden_size (`int`, defaults to 512): width of the camera-aware MLP on the
             22-number camera vector.
         depth_bins (`tuple[float, float, float]`, defaults to `(1.0, 60.0, 0.5)`): start, stop
@@ -64,6 +69,12 @@ class GeoMIMConfig(PreTrainedConfig):
         target_patch_size (`int`, defaults to 18): BEV cells per side of a normalisation patch.
         target_norm_eps (`float`, defaults to 1e-6): variance epsilon of the patch normalisation.
         depth_loss_weight (`float`, defaults to 0.01): weight of the depth BCE next to the BEV MSE.
+        pretrain_objective (`str`, defaults to `"geomim"`): what masked modeling predicts: `"geomim"`
+            (the teacher's BEV features through Lift-Splat, plus the depth BCE), `"pixel"` (MixMAE's
+            baseline: patch-normalised pixels of the masked cells) or `"depth"` (the LiDAR depth maps
+            alone, no teacher).
+        reconstruction_region (`str`, defaults to `"all"`): BEV cells the GeoMIM MSE covers: `"all"`
+            (official) or `"masked"`, the cells each group's masked image cells lift into (ablation).
         class_names (`tuple[str, ...]`): detection classes, nuScenes' ten by default.
         det_depth_bins (`tuple[float, float, float]`, defaults to `(1.0, 60.0, 1.0)`): the detector's depth bins.
         det_context_channels (`int`, defaults to 80), det_depth_net_channels (`int`, defaults to 256),
@@ -112,6 +123,7 @@ class GeoMIMConfig(PreTrainedConfig):
         depth_branch_start_layer: int = 3,
         depth_branch_num_layers: int = 4,
         depth_branch_cross_view_layers: tuple[int, ...] = (0,),
+        decoder_depth_branch: bool = True,
         camera_aware_hidden_size: int = 512,
         depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
         context_channels: int = 80,
@@ -125,6 +137,8 @@ class GeoMIMConfig(PreTrainedConfig):
         target_patch_size: int = 18,
         target_norm_eps: float = 1e-6,
         depth_loss_weight: float = 0.01,
+        pretrain_objective: str = "geomim",
+        reconstruction_region: str = "all",
         class_names: tuple[str, ...] = NUSCENES_DETECTION_CLASSES,
         det_depth_bins: tuple[float, float, float] = (1.0, 60.0, 1.0),
         det_context_channels: int = 80,
@@ -172,6 +186,7 @@ class GeoMIMConfig(PreTrainedConfig):
         self.depth_branch_start_layer = depth_branch_start_layer
         self.depth_branch_num_layers = depth_branch_num_layers
         self.depth_branch_cross_view_layers = tuple(depth_branch_cross_view_layers)
+        self.decoder_depth_branch = decoder_depth_branch
         self.camera_aware_hidden_size = camera_aware_hidden_size
         self.depth_bins = tuple(float(v) for v in depth_bins)
         self.context_channels = context_channels
@@ -185,6 +200,8 @@ class GeoMIMConfig(PreTrainedConfig):
         self.target_patch_size = target_patch_size
         self.target_norm_eps = target_norm_eps
         self.depth_loss_weight = depth_loss_weight
+        self.pretrain_objective = pretrain_objective
+        self.reconstruction_region = reconstruction_region
         self.class_names = tuple(class_names)
         self.det_depth_bins = tuple(float(v) for v in det_depth_bins)
         self.det_context_channels = det_context_channels
@@ -270,6 +287,10 @@ class GeoMIMConfig(PreTrainedConfig):
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.kernel_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"kernel_backend must be 'auto', 'torch' or 'triton', got {self.kernel_backend!r}")
+        if self.pretrain_objective not in PRETRAIN_OBJECTIVES:
+            raise ValueError(f"pretrain_objective must be one of {PRETRAIN_OBJECTIVES}, got {self.pretrain_objective!r}")
+        if self.reconstruction_region not in ("all", "masked"):
+            raise ValueError(f"reconstruction_region must be 'all' or 'masked', got {self.reconstruction_region!r}")
         start, stop, step = self.depth_bins
         if not (0 < start < stop and step > 0):
             raise ValueError(f"depth_bins (start, stop, step) must satisfy 0 < start < stop and step > 0, "

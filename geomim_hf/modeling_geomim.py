@@ -22,7 +22,7 @@ from .data.records import ATTRIBUTE_NAMES
 from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_heatmap_output
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
-from .modeling.swin import SwinEncoder, WindowAttention
+from .modeling.swin import PAD_GROUP, SwinEncoder, WindowAttention
 from .modeling.view_transformer import BevDownsample, CameraAwareDepthNet, DepthNet, LiftSplat, camera_vector
 from .modeling_lidar_teacher import NMS_RADIUS
 
@@ -60,6 +60,19 @@ def depth_bins_of(depth_maps: torch.Tensor, depth_bins: tuple[float, float, floa
     return torch.where((depth_maps > 0) & (bins >= 0) & (bins < count), bins, torch.full_like(bins, -1))
 
 
+def pixel_targets(pixel_values: torch.Tensor, grid: tuple[int, int], patch: int, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's normalised pixel targets: (B, N, 3, H, W) zero-padded to the ``grid`` of ``patch``-pixel
+    tokens, each token's patch*patch*3 values (row, column, channel order) normalised by their own mean
+    and variance. Returns (B, N, grid_h, grid_w, patch*patch*3)."""
+    batch, views, channels, height, width = pixel_values.shape
+    padded = F.pad(pixel_values.float(), (0, grid[1] * patch - width, 0, grid[0] * patch - height))
+    patches = padded.reshape(batch, views, channels, grid[0], patch, grid[1], patch).permute(0, 1, 3, 5, 4, 6, 2)
+    patches = patches.reshape(batch, views, grid[0], grid[1], patch * patch * channels)
+    mean = patches.mean(-1, keepdim=True)
+    var = patches.var(-1, keepdim=True, unbiased=False)
+    return (patches - mean) / torch.sqrt(var + eps)
+
+
 @dataclass
 class GeoMIMModelOutput(ModelOutput):
     """
@@ -74,14 +87,17 @@ class GeoMIMModelOutput(ModelOutput):
 @dataclass
 class MaskedBEVModelingOutput(ModelOutput):
     """
-    loss: reconstruction_loss + depth_loss_weight * depth_loss, given the targets.
-    reconstruction_loss: MSE to the patch-normalised teacher BEV features, all cells and channels,
-        averaged over the two mask groups.
+    loss: reconstruction_loss + depth_loss_weight * depth_loss, given the targets (``depth``: the depth
+        loss alone; ``pixel``: the reconstruction loss alone).
+    reconstruction_loss: MSE to the patch-normalised teacher BEV features, all cells and channels
+        (or the masked region, ``reconstruction_region``), averaged over the two mask groups; for
+        ``pixel``, MSE to the normalised pixels of each group's masked tokens.
     depth_loss: binary cross-entropy of the depth distribution against one-hot LiDAR depth bins on
         pixels with a depth, averaged over the groups.
-    reconstruction: (B, G, C_t, Y, X) each group's predicted BEV features (normalised space).
-    depth: (B, G, N, D, h, w) depth logits of each group.
-    target: (B, C_t, Y, X) the patch-normalised teacher features.
+    reconstruction: (B, G, C_t, Y, X) each group's predicted BEV features (normalised space); for
+        ``pixel`` (B, G, N, h', w', 16*16*3) the predicted pixels of every token; None for ``depth``.
+    depth: (B, G, N, D, h, w) depth logits of each group (None for ``pixel``).
+    target: (B, C_t, Y, X) the patch-normalised teacher features, or the pixel targets (B, N, h', w', P).
     bool_masked_pos: (H_cells, W_cells) the mask used: True marks group 1.
     """
 
@@ -224,39 +240,60 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
 class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
     """GeoMIM pretraining: encode the masked views once, decode each mask group into semantic and
     depth features, lift them to BEV with Lift-Splat-Shoot, and regress the LiDAR teacher's BEV
-    features (all cells) plus supervise the depth with LiDAR."""
+    features (all cells) plus supervise the depth with LiDAR.
+
+    ``config.pretrain_objective`` picks the baselines the paper compares with, on the same encoder,
+    masks and decoder: ``"pixel"`` reconstructs the patch-normalised pixels of each group's masked
+    cells (MixMAE's target, at the decoder's 16-pixel patches); ``"depth"`` predicts the LiDAR depth
+    maps alone. Only the modules an objective trains are built."""
 
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
         if tuple(config.out_indices) != (2, 3) or config.stage_strides[2] != DECODER_STRIDE:
             raise ValueError(f"masked BEV modeling decodes the stride-16 and stride-32 stages: out_indices must be "
                              f"(2, 3) with strides (16, 32), got {config.out_indices} with {config.stage_strides}")
+        self.objective = config.pretrain_objective
         self.geomim = GeoMIMModel(config)
         padded = [-(-s // config.mask_cell_size) * config.mask_cell_size for s in config.image_size]
         self.decoder_grid = (padded[0] // DECODER_STRIDE, padded[1] // DECODER_STRIDE)
         self.feature_size = (config.image_size[0] // DECODER_STRIDE, config.image_size[1] // DECODER_STRIDE)
+        pixel = self.objective == "pixel"
         self.decoder = GeoMIMDecoder(
             (config.stage_dims[2], config.stage_dims[3]), self.decoder_grid, config.decoder_hidden_size,
             config.decoder_num_layers, config.decoder_num_heads, config.mlp_ratio, config.decoder_neck_window_size,
             config.num_heads[2], config.decoder_cross_view_layers, config.depth_branch_start_layer,
             config.depth_branch_num_layers, config.depth_branch_cross_view_layers, config.camera_aware_hidden_size,
-            config.layer_norm_eps)
-        self.depth_net = DepthNet(2 * config.decoder_hidden_size, config.depth_net_channels, config.num_depth_bins,
-                                  config.context_channels)
-        self.lift_splat = LiftSplat(config.image_size, DECODER_STRIDE, config.depth_bins, config.bev_x_range,
-                                    config.bev_y_range, config.bev_z_range, config.bev_resolution,
-                                    config.kernel_backend)
-        self.bev_downsample = BevDownsample(config.context_channels, config.bev_downsample)
-        self.bev_head = nn.Conv2d(config.context_channels, config.target_channels, 1)
+            config.layer_norm_eps, depth_branch=config.decoder_depth_branch and not pixel)
+        if pixel:
+            self.pixel_head = nn.Linear(config.decoder_hidden_size, DECODER_STRIDE**2 * config.num_channels)
+            self.post_init()
+            return
+        depth_in = config.decoder_hidden_size * (2 if config.decoder_depth_branch else 1)
+        self.depth_net = DepthNet(depth_in, config.depth_net_channels, config.num_depth_bins, config.context_channels)
+        if self.objective == "geomim":
+            self.lift_splat = LiftSplat(config.image_size, DECODER_STRIDE, config.depth_bins, config.bev_x_range,
+                                        config.bev_y_range, config.bev_z_range, config.bev_resolution,
+                                        config.kernel_backend)
+            self.bev_downsample = BevDownsample(config.context_channels, config.bev_downsample)
+            self.bev_head = nn.Conv2d(config.context_channels, config.target_channels, 1)
         self.post_init()
 
     def decode_group(self, c4, c5, views, cameras, masked, token_groups, intrinsics, ego_from_camera,
                      post_transform, bev_transform):
-        """One mask group: returns BEV features (B, C_t, Y, X) and depth logits (B, N, D, h, w)."""
-        semantic, depth = self.decoder(c4, c5, views, cameras, masked, token_groups)
+        """One mask group. ``pixel``: returns the predicted pixels (B, N, h', w', 16*16*3) of every token of
+        the padded image and None. Otherwise BEV features (B, C_t, Y, X) (None for ``depth``) and depth
+        logits (B, N, D, h, w)."""
+        semantic, depth = self.decoder(c4, c5, views, cameras, masked, token_groups)  # (B*N, C, h', w')
+        batch = intrinsics.shape[0]
+        if self.objective == "pixel":
+            pixels = self.pixel_head(semantic.permute(0, 2, 3, 1))
+            return pixels.view(batch, views, *pixels.shape[1:]), None
         height, width = self.feature_size
-        features = torch.cat([semantic, depth], 1)[:, :, :height, :width]  # drop the padding cells
-        bev, depth_logits = self.lift_splat.splat_views(*self.depth_net(features), intrinsics, ego_from_camera,
+        features = semantic if depth is None else torch.cat([semantic, depth], 1)
+        depth_logits, context = self.depth_net(features[:, :, :height, :width])  # drop the padding cells
+        if self.objective == "depth":
+            return None, depth_logits.view(batch, views, *depth_logits.shape[1:])
+        bev, depth_logits = self.lift_splat.splat_views(depth_logits, context, intrinsics, ego_from_camera,
                                                         post_transform, bev_transform)  # (B, C, 2Y, 2X)
         return self.bev_head(self.bev_downsample(bev)), depth_logits
 
@@ -279,17 +316,19 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         pixel_values: (B, N, 3, H, W) from :class:`GeoMIMImageProcessor`; intrinsics, post_transform:
             (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); bev_transform: (B, 4, 4) BEV augmentation.
         teacher_features: (B, C_t, Y, X) the LiDAR teacher's BEV features on the target grid (raw;
-            normalised per patch here).
+            normalised per patch here); GeoMIM's target, ignored by the other objectives.
         bool_masked_pos: (H_cells, W_cells) the two mask groups (:func:`random_cell_mask`); required,
             so that all randomness stays outside the model.
         labels: (B, N, h, w) LiDAR depth maps in metres at stride 16 (the processor's ``depth_maps``,
             0 where unknown); or give ``lidar_points`` (B, M, >=3) with ``ego_from_lidar`` (B, 4, 4)
-            and ``point_mask`` (B, M) and they are computed here.
+            and ``point_mask`` (B, M) and they are computed here. Not used by ``pixel``.
         """
         if bool_masked_pos is None:
             raise ValueError("bool_masked_pos is required: draw the two mask groups with "
                              "geomim_hf.modeling_geomim.random_cell_mask(config, generator)")
-        if labels is None and lidar_points is not None:
+        if self.objective == "pixel":
+            labels = None
+        elif labels is None and lidar_points is not None:
             labels = self.depth_labels(lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
                                        post_transform)
         batch, views = pixel_values.shape[:2]
@@ -306,26 +345,52 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                                                   ego_from_camera, post_transform, bev_transform)
             reconstructions.append(bev)
             depths.append(depth_logits)
-        reconstruction = torch.stack(reconstructions, 1)  # (B, G, C_t, Y, X)
-        depth = torch.stack(depths, 1)  # (B, G, N, D, h, w)
+        reconstruction = None if reconstructions[0] is None else torch.stack(reconstructions, 1)
+        depth = None if depths[0] is None else torch.stack(depths, 1)  # (B, G, N, D, h, w)
 
         target = reconstruction_loss = depth_loss = loss = None
-        if teacher_features is not None:
+        if self.objective == "pixel":
+            target = pixel_targets(pixel_values, self.decoder_grid, DECODER_STRIDE)  # (B, N, h', w', P)
+            losses = []
+            for group in (0, 1):
+                masked = (token_groups != group) & (token_groups != PAD_GROUP)  # (h', w')
+                losses.append(F.mse_loss(reconstruction[:, group][:, :, masked].float(), target[:, :, masked]))
+            reconstruction_loss = loss = torch.stack(losses).mean()
+        elif self.objective == "geomim" and teacher_features is not None:
             expected = (batch, self.config.target_channels, *self.config.target_grid_size)
             if tuple(teacher_features.shape) != expected:
                 raise ValueError(f"teacher_features has shape {tuple(teacher_features.shape)}, expected {expected} "
                                  f"(target_channels and target_grid_size of the config)")
             target = patch_normalize(teacher_features.float(), self.config.target_patch_size,
                                      self.config.target_norm_eps)
-            reconstruction_loss = F.mse_loss(reconstruction.float(), target[:, None].expand_as(reconstruction))
+            squared = (reconstruction.float() - target[:, None]) ** 2  # (B, G, C_t, Y, X)
+            if self.config.reconstruction_region == "all":
+                reconstruction_loss = squared.mean()
+            else:
+                region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics, ego_from_camera,
+                                                             post_transform, bev_transform) for g in (0, 1)], 1)
+                reconstruction_loss = (squared * region).sum() / (region.sum() * squared.shape[2]).clamp(min=1)
             loss = reconstruction_loss
         if labels is not None:
             depth_loss = self.depth_loss(depth, labels)
-            loss = self.config.depth_loss_weight * depth_loss if loss is None else \
-                loss + self.config.depth_loss_weight * depth_loss
+            weight = 1.0 if self.objective == "depth" else self.config.depth_loss_weight
+            loss = weight * depth_loss if loss is None else loss + weight * depth_loss
         output = MaskedBEVModelingOutput(loss, reconstruction_loss, depth_loss, reconstruction, depth, target,
                                          bool_masked_pos)
         return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def masked_bev_region(self, masked_tokens, intrinsics, ego_from_camera, post_transform, bev_transform):
+        """(B, 1, Y, X) float, 1 on the target-grid cells that some frustum point of a masked feature cell
+        (``masked_tokens`` (h', w') of the padded image, True where masked) falls into, at any depth bin."""
+        batch, views = intrinsics.shape[:2]
+        height, width = self.feature_size
+        indicator = masked_tokens[:height, :width].to(intrinsics.dtype)
+        context = indicator.expand(batch, views, 1, height, width).contiguous()
+        depth = torch.ones(batch, views, self.lift_splat.num_bins, height, width, device=intrinsics.device,
+                           dtype=intrinsics.dtype)
+        hits = self.lift_splat(depth, context, intrinsics, ego_from_camera, post_transform, bev_transform)
+        return (F.max_pool2d(hits, self.config.bev_downsample) > 0).to(hits.dtype)
 
     def depth_loss(self, depth_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BEVDepth's depth BCE: softmax over bins against one-hot bins, summed over bins, averaged over

@@ -108,14 +108,16 @@ class GeoMIMDecoder(nn.Module):
     (with the same group masks as the encoder) before the projection to the decoder width. Then
     masked cells get the mask token, a fixed sin-cos position embedding is added, and ViT blocks run
     over each view with Cross-View Attention after ``cross_view_layers``. The depth branch leaves
-    after ``depth_branch_start``, is gated by the camera-aware module, and has its own blocks.
+    after ``depth_branch_start``, is gated by the camera-aware module, and has its own blocks; with
+    ``depth_branch=False`` (the ablation without it) there is none and the depth comes from the
+    semantic features alone.
     """
 
     def __init__(self, encoder_dims: tuple[int, int], feature_size: tuple[int, int], hidden_size: int = 512,
                  num_layers: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, neck_window: int = 7,
                  neck_heads: int = 16, cross_view_layers: Sequence[int] = (1, 5), depth_branch_start: int = 3,
                  depth_branch_layers: int = 4, depth_branch_cross_view_layers: Sequence[int] = (0,),
-                 camera_hidden_size: int = 512, eps: float = 1e-5):
+                 camera_hidden_size: int = 512, eps: float = 1e-5, depth_branch: bool = True):
         super().__init__()
         c4, c5 = encoder_dims
         self.feature_size = feature_size
@@ -132,13 +134,15 @@ class GeoMIMDecoder(nn.Module):
         self.cross_view = nn.ModuleDict({str(i): CrossViewAttention(hidden_size, num_heads, mlp_ratio)
                                          for i in cross_view_layers})
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.depth_branch_start = depth_branch_start
-        self.camera_gate = CameraAwareGate(hidden_size, camera_hidden_size)
-        self.depth_blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio)
-                                          for _ in range(depth_branch_layers))
-        self.depth_cross_view = nn.ModuleDict({str(i): CrossViewAttention(hidden_size, num_heads, mlp_ratio)
-                                               for i in depth_branch_cross_view_layers})
-        self.depth_norm = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.depth_branch = depth_branch
+        if depth_branch:
+            self.depth_branch_start = depth_branch_start
+            self.camera_gate = CameraAwareGate(hidden_size, camera_hidden_size)
+            self.depth_blocks = nn.ModuleList(TransformerBlock(hidden_size, num_heads, mlp_ratio)
+                                              for _ in range(depth_branch_layers))
+            self.depth_cross_view = nn.ModuleDict({str(i): CrossViewAttention(hidden_size, num_heads, mlp_ratio)
+                                                   for i in depth_branch_cross_view_layers})
+            self.depth_norm = nn.LayerNorm(hidden_size, eps=1e-6)
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent position embedding (a model materialised from the meta device lacks it)."""
@@ -156,7 +160,8 @@ class GeoMIMDecoder(nn.Module):
                 masked: torch.Tensor | None = None, groups: torch.Tensor | None = None):
         """c4, c5: encoder features (B*V, h, w, C) channels last; cameras: (B*V, 22) camera vectors;
         masked: (h, w) bool, cells to fill with the mask token; groups: (h, w) token groups for the
-        neck's attention. Returns semantic and depth features, each (B*V, hidden, h, w)."""
+        neck's attention. Returns semantic and depth features, each (B*V, hidden, h, w); the depth
+        features are None without the depth branch."""
         height, width = self.feature_size
         x = self.neck(c4, c5, groups)  # (B*V, h*w, D)
         if masked is not None:
@@ -168,14 +173,16 @@ class GeoMIMDecoder(nn.Module):
             x = block(x)
             if str(index) in self.cross_view:
                 x = self.cross_view[str(index)](x, num_views, height, width)
-            if index == self.depth_branch_start:
+            if self.depth_branch and index == self.depth_branch_start:
                 depth = self.camera_gate(x, cameras)
-        for index, block in enumerate(self.depth_blocks):
-            depth = block(depth)
-            if str(index) in self.depth_cross_view:
-                depth = self.depth_cross_view[str(index)](depth, num_views, height, width)
 
         def to_map(tokens):
             return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
+        if not self.depth_branch:
+            return to_map(self.norm(x)), None
+        for index, block in enumerate(self.depth_blocks):
+            depth = block(depth)
+            if str(index) in self.depth_cross_view:
+                depth = self.depth_cross_view[str(index)](depth, num_views, height, width)
         return to_map(self.norm(x)), to_map(self.depth_norm(depth))

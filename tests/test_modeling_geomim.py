@@ -11,8 +11,10 @@ from geomim_hf.modeling_geomim import (
     GeoMIMModel,
     depth_bins_of,
     patch_normalize,
+    pixel_targets,
     random_cell_mask,
 )
+from geomim_hf.modeling.decoder import CrossViewAttention
 from tests.helpers import devices, full_float32, skip_unless_kernel_runs
 
 VIEWS = 6
@@ -213,3 +215,95 @@ def test_both_kernel_backends_give_the_same_model_output_and_gradients(device):
     torch.testing.assert_close(outputs["triton"].reconstruction, outputs["torch"].reconstruction, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outputs["triton"].loss, outputs["torch"].loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(gradients["triton"], gradients["torch"], atol=1e-6, rtol=1e-4)
+
+
+def test_pixel_targets_match_a_loop():
+    """MAE's normalised pixels, by hand: the 16 x 16 x 3 values of each token of the zero-padded image."""
+    pixel_values = torch.randn(1, 2, 3, 40, 50)
+    targets = pixel_targets(pixel_values, (3, 4), 16)
+    padded = torch.zeros(1, 2, 3, 48, 64)
+    padded[..., :40, :50] = pixel_values
+    for view, row, column in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        patch = padded[0, view, :, row * 16:(row + 1) * 16, column * 16:(column + 1) * 16].permute(1, 2, 0).reshape(-1)
+        expected = (patch - patch.mean()) / torch.sqrt(patch.var(unbiased=False) + 1e-6)
+        torch.testing.assert_close(targets[0, view, row, column], expected)
+
+
+def test_pixel_objective_reconstructs_the_masked_pixels_only():
+    config = _config(pretrain_objective="pixel")
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    assert not hasattr(model, "lift_splat") and not model.decoder.depth_branch  # only what the objective trains
+    inputs = _inputs(config)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.depth_loss is None and out.depth is None
+    grid = model.decoder_grid
+    assert out.reconstruction.shape == (2, 2, VIEWS, *grid, 16 * 16 * 3)
+    # By hand: group g's loss covers the tokens of the other group (not the padding), then the mean.
+    token_groups = model.geomim.encoder.token_groups(inputs["bool_masked_pos"].long(), 16)
+    target = pixel_targets(inputs["pixel_values"], grid, 16)
+    expected = torch.stack([((out.reconstruction[:, g] - target) ** 2)[:, :, token_groups == 1 - g].mean()
+                            for g in (0, 1)]).mean()
+    torch.testing.assert_close(out.loss, expected)
+    # The pixels under group g's visible cells do not change group g's prediction of its masked cells.
+    changed = dict(inputs, pixel_values=inputs["pixel_values"].clone())
+    cells = inputs["bool_masked_pos"].repeat_interleave(32, 0).repeat_interleave(32, 1)[:64, :176]
+    changed["pixel_values"][..., cells] += 1.0  # group-1 cells: masked for group 0
+    with torch.no_grad():
+        other = model(**changed)
+    masked_for_0 = token_groups == 1
+    torch.testing.assert_close(other.reconstruction[:, 0][:, :, masked_for_0], out.reconstruction[:, 0][:, :, masked_for_0])
+
+
+def test_depth_objective_is_the_depth_loss_alone():
+    config = _config(pretrain_objective="depth")
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    assert not hasattr(model, "lift_splat") and not hasattr(model, "bev_head")
+    inputs = _inputs(config)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.reconstruction is None and out.reconstruction_loss is None
+    torch.testing.assert_close(out.loss, out.depth_loss)
+    torch.testing.assert_close(out.depth_loss, model.depth_loss(out.depth, inputs["labels"]))
+
+
+def test_ablations_remove_what_they_name():
+    no_cross_view = GeoMIMForMaskedBEVModeling(_config(decoder_cross_view_layers=(), depth_branch_cross_view_layers=()))
+    assert not any(isinstance(m, CrossViewAttention) for m in no_cross_view.modules())
+    no_branch = GeoMIMForMaskedBEVModeling(_config(decoder_depth_branch=False))
+    assert not hasattr(no_branch.decoder, "camera_gate") and not hasattr(no_branch.decoder, "depth_blocks")
+    inputs = _inputs(no_branch.config)
+    for model in (no_cross_view, no_branch):
+        out = model(**inputs)
+        out.loss.backward()
+        assert all(p.grad is not None for p in model.parameters())  # no dead weights (DDP needs none)
+    assert out.depth.shape == (2, 2, VIEWS, no_branch.config.num_depth_bins, 4, 11)
+
+
+def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
+    """The region by brute force: every frustum point of a masked feature cell marks its target cell."""
+    config = _config(reconstruction_region="masked")
+    model = GeoMIMForMaskedBEVModeling(config).eval()
+    inputs = _inputs(config)
+    token_groups = model.geomim.encoder.token_groups(inputs["bool_masked_pos"].long(), 16)
+    bev_transform = torch.eye(4).expand(2, 4, 4)
+    with torch.no_grad():
+        region = model.masked_bev_region(token_groups != 0, inputs["intrinsics"], inputs["ego_from_camera"],
+                                         inputs["post_transform"], bev_transform)
+        points = model.lift_splat.points_ego(inputs["intrinsics"], inputs["ego_from_camera"], inputs["post_transform"])
+    cells = model.lift_splat.cell_index(points)  # (B, N, D, h, w) on the pooling grid
+    expected = torch.zeros(2, *config.target_grid_size)
+    width = config.bev_grid_size[1]
+    for b, n, d, v, u in zip(*torch.nonzero(cells >= 0, as_tuple=True)):
+        if token_groups[v, u] != 0:
+            cell = int(cells[b, n, d, v, u])
+            expected[b, cell // width // 2, cell % width // 2] = 1
+    assert 0 < expected.mean() < 1
+    torch.testing.assert_close(region[:, 0], expected)
+    with torch.no_grad():
+        out = model(**inputs, bev_transform=bev_transform)
+        regions = torch.stack([model.masked_bev_region(token_groups != g, inputs["intrinsics"],
+                                                       inputs["ego_from_camera"], inputs["post_transform"],
+                                                       bev_transform) for g in (0, 1)], 1)
+    squared = (out.reconstruction - out.target[:, None]) ** 2
+    torch.testing.assert_close(out.reconstruction_loss, (squared * regions).sum() / (regions.sum() * squared.shape[2]))

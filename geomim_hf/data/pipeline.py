@@ -23,7 +23,8 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         processor: a :class:`~geomim_hf.GeoMIMImageProcessor`.
         training: draw the image and BEV augmentations.
         seed: augmentations depend only on ``(seed, epoch, index)``, so any number of workers gives
-            the same batches; call :meth:`set_epoch` between epochs.
+            the same batches; call :meth:`set_epoch` between epochs. The epoch lives in shared memory,
+            so it reaches persistent DataLoader workers too (each holds its own copy of the dataset).
         return_depth: add LiDAR ``depth_maps`` at the processor's ``depth_stride``.
         with_targets: add boxes, velocities, labels, attributes and the LiDAR points.
         with_images: process the camera images; without them (a LiDAR-only model) only the BEV
@@ -38,7 +39,8 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         if return_depth and not with_images:
             raise ValueError("return_depth needs the images' geometry: with_images=True")
         self.dataset, self.processor, self.training = dataset, processor, training
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker process
         self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
         if not with_images:  # never decode the images
             self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
@@ -46,8 +48,12 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         if temporal:
             self.row_of_token = {token: row for row, token in enumerate(dataset["sample_token"])}
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -44,3 +44,26 @@ def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path)
     assert torch.equal(dataset[0]["bev_transform"], first)
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0]["bev_transform"], first)
+
+
+def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
+    """set_epoch reaches the DataLoader's persistent workers: with 2 workers each epoch's augmentation is
+    the one 0 workers draw, and epoch 1 differs from epoch 0 (the workers' own dataset copies once kept 0)."""
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", sweeps=0, cache_dir=str(tmp_path))
+    processor = GeoMIMImageProcessor(image_size=(64, 176))
+    transforms = {}
+    for workers in (0, 2):
+        loader = make_dataloader(rows, processor, batch_size=3, training=True, num_workers=workers, seed=3,
+                                 with_images=False)
+        assert loader.persistent_workers == (workers > 0)
+        for epoch in (0, 1, 2):
+            loader.dataset.set_epoch(epoch)
+            transforms[workers, epoch] = {token: transform for batch in loader
+                                          for token, transform in zip(batch["sample_token"], batch["bev_transform"])}
+    for epoch in (0, 1, 2):
+        expected, actual = transforms[0, epoch], transforms[2, epoch]
+        assert expected.keys() == actual.keys()
+        for token in expected:
+            assert torch.equal(expected[token], actual[token]), (epoch, token)
+    for token in transforms[0, 0]:
+        assert not torch.equal(transforms[2, 0][token], transforms[2, 1][token])
