@@ -62,6 +62,11 @@ def parse_args(argv=None):
     parser.add_argument("--ema-ramp-steps", type=float, default=2000.0, help="the EMA decay's warm-up (BEVDet)")
     parser.add_argument("--no-cbgs", action="store_true", help="plain uniform sampling instead of CBGS")
     parser.add_argument("--no-temporal", action="store_true", help="no previous keyframe (BEVDet instead of 4D)")
+    parser.add_argument("--eval-steps", type=int, nargs="*", default=[],
+                        help="also score the detector on --val-split after these steps (a learning curve, in "
+                        "OUT/learning_curve.json; the final step is always scored)")
+    parser.add_argument("--freeze-encoder", action="store_true",
+                        help="frozen-encoder probing: train everything but the encoder")
     return parser.parse_args(argv)
 
 
@@ -78,6 +83,8 @@ def main(argv=None) -> None:
     accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
                                    args.report_to, args.seed)
     model = build_model(args)
+    if args.freeze_encoder:
+        model.freeze_encoder()
     config = model.config
     with accelerator.main_process_first():
         rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
@@ -115,6 +122,9 @@ def main(argv=None) -> None:
         if ema is not None and accelerator.sync_gradients:
             ema.update_parameters(accelerator.unwrap_model(model))
         log.update(step, epoch, out, schedule.get_last_lr()[-1])
+        if step + 1 in args.eval_steps and step + 1 < args.max_steps and args.val_split:
+            score_on_the_way(args, accelerator, ema.module if ema is not None else accelerator.unwrap_model(model),
+                             processor, step + 1)
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()
@@ -129,14 +139,39 @@ def main(argv=None) -> None:
         if args.val_split:
             metrics.update(evaluate_detector(final, args.dataroot, args.version, args.val_split, args.output_dir,
                                              processor, sweeps=0, batch_size=args.batch_size))
+        if args.val_split:
+            record_curve_point(args.output_dir, args.max_steps, metrics)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
                           eval_split=args.val_split, training=training_summary(
                               args, accelerator, seconds, init=args.init, cbgs=not args.no_cbgs,
                               ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
-                              temporal=config.det_temporal))
+                              temporal=config.det_temporal, frozen_encoder=args.freeze_encoder))
     accelerator.end_training()
+
+
+def record_curve_point(output_dir: str, step: int, metrics: dict) -> None:
+    """Add the devkit metrics after ``step`` to ``learning_curve.json`` ({step: metrics}), atomically."""
+    path = os.path.join(output_dir, "learning_curve.json")
+    curve = json.load(open(path)) if os.path.isfile(path) else {}
+    curve[str(step)] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    with open(path + ".partial", "w") as handle:
+        json.dump(dict(sorted(curve.items(), key=lambda kv: int(kv[0]))), handle, indent=2)
+    os.replace(path + ".partial", path)
+
+
+def score_on_the_way(args, accelerator, model, processor, step: int) -> None:
+    """Score the detector being trained (the EMA where there is one) on the validation split."""
+    if accelerator.is_main_process:
+        folder = os.path.join(args.output_dir, f"eval-{step}")
+        os.makedirs(folder, exist_ok=True)
+        metrics = evaluate_detector(model, args.dataroot, args.version, args.val_split, folder, processor, sweeps=0,
+                                    batch_size=args.batch_size, verbose=False)
+        record_curve_point(args.output_dir, step, metrics)
+        logger.info(f"step {step}: NDS {metrics['NDS']:.4f} mAP {metrics['mAP']:.4f} on {args.val_split}",
+                    main_process_only=True)
+    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ augmentation is random flips of x and y, applied to student and teacher alike. C
 written atomically every ``--checkpointing-steps``; ``--resume-from-checkpoint latest`` continues
 exactly where a run stopped. The final model is saved with ``save_pretrained`` in ``OUT`` (its
 encoder loads alone into ``GeoMIMModel`` and the detector), with the loss history and a plot.
+
+The paper's baselines and ablations run on the same encoder, masks and data by flag:
+``--objective pixel`` (MixMAE-style pixel reconstruction, no teacher), ``--objective depth`` (LiDAR
+depth alone, no teacher), and for GeoMIM ``--no-cross-view``, ``--no-depth-branch`` and
+``--loss-region masked``.
 """
 
 from __future__ import annotations
@@ -52,10 +57,35 @@ def parse_args(argv=None):
     add_training_arguments(parser, max_steps=1000, batch_size=2, learning_rate=2e-4, warmup_steps=500,
                            logging_steps=10)
     parser.add_argument("--model-config", default="geomim-tiny", help="a preset name or a folder with config.json")
-    parser.add_argument("--teacher", required=True, help="folder of a LiDAR teacher (save_pretrained): a trained "
-                        "GeoMIMLidarTeacher or a converted GeoMIMSparseTeacher")
+    parser.add_argument("--objective", default="geomim", choices=["geomim", "pixel", "depth"],
+                        help="geomim: the teacher's BEV features (+ depth); pixel: MixMAE's normalised pixels; "
+                        "depth: the LiDAR depth maps alone")
+    parser.add_argument("--no-cross-view", action="store_true", help="ablation: no Cross-View Attention")
+    parser.add_argument("--no-depth-branch", action="store_true",
+                        help="ablation: no camera-aware depth branch (depth from the semantic features)")
+    parser.add_argument("--loss-region", default="all", choices=["all", "masked"],
+                        help="BEV cells of the GeoMIM loss: all (official) or those the masked cells lift into")
+    parser.add_argument("--teacher", default=None, help="folder of a LiDAR teacher (save_pretrained): a trained "
+                        "GeoMIMLidarTeacher or a converted GeoMIMSparseTeacher; --objective geomim needs it")
     parser.add_argument("--teacher-features", default=None, help="cached targets (examples/cache_teacher_features.py)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.objective == "geomim" and not args.teacher:
+        parser.error("--objective geomim needs --teacher (a LiDAR teacher folder)")
+    return args
+
+
+def objective_overrides(args) -> dict:
+    """The config fields the objective and ablation flags set."""
+    overrides = {"pretrain_objective": args.objective, "reconstruction_region": args.loss_region}
+    if args.no_cross_view:
+        overrides.update(decoder_cross_view_layers=(), depth_branch_cross_view_layers=())
+    if args.no_depth_branch:
+        overrides["decoder_depth_branch"] = False
+    return overrides
+
+
+LOSS_NAMES = {"geomim": ("reconstruction_loss", "depth_loss"), "pixel": ("reconstruction_loss",),
+              "depth": ("depth_loss",)}
 
 
 def main(argv=None) -> None:
@@ -63,12 +93,18 @@ def main(argv=None) -> None:
     accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
                                    args.report_to, args.seed)
     config = GeoMIMConfig.from_preset_or_folder(args.model_config)
+    config.update(objective_overrides(args))
+    config.validate_geometry()
     model = GeoMIMForMaskedBEVModeling(config)
-    teacher = load_teacher(args.teacher)  # frozen, either kind
-    teacher.config.check_student(config)
-    cache = TeacherFeatureCache(args.teacher_features) if args.teacher_features else None
-    logger.info(f"student {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; targets "
-                f"{'from ' + args.teacher_features if cache else 'by the frozen teacher'}", main_process_only=True)
+    teacher = cache = None
+    if args.objective == "geomim":
+        teacher = load_teacher(args.teacher)  # frozen, either kind
+        teacher.config.check_student(config)
+        cache = TeacherFeatureCache(args.teacher_features) if args.teacher_features else None
+    targets = "pixels" if args.objective == "pixel" else "LiDAR depth" if args.objective == "depth" else \
+        "from " + args.teacher_features if cache else "by the frozen teacher"
+    logger.info(f"student {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; objective "
+                f"{args.objective}, targets {targets}", main_process_only=True)
 
     with accelerator.main_process_first():
         rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
@@ -81,24 +117,26 @@ def main(argv=None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
-    teacher.to(accelerator.device)  # frozen: no DDP wrapper
+    if teacher is not None:
+        teacher.to(accelerator.device)  # frozen: no DDP wrapper
     accelerator.init_trackers("geomim_pretrain", config=vars(args))
 
     start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
 
     model.train()
     log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "pretraining", args.logging_steps,
-                      ("reconstruction_loss", "depth_loss"))
+                      LOSS_NAMES[args.objective])
     started = time.perf_counter()
     for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
         if step >= args.max_steps:
             break
         # The mask is one draw per step, shared by the batch and the processes: seeded by the step.
         mask = random_cell_mask(config, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        target = None
         with torch.no_grad():
             if cache is not None:
                 target = cache.load(batch["sample_token"], batch["bev_transform"]).to(accelerator.device)
-            else:
+            elif teacher is not None:
                 target = teacher.bev_features(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"])
         with accelerator.accumulate(model):
             out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
@@ -120,7 +158,9 @@ def main(argv=None) -> None:
             json.dump(summary, handle, indent=2)
         plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"))
         create_model_card(args.output_dir, training=training_summary(
-            args, accelerator, seconds, teacher=args.teacher, mask_ratio=config.mask_ratio))
+            args, accelerator, seconds, objective=args.objective, teacher=args.teacher, mask_ratio=config.mask_ratio,
+            **{"loss region": args.loss_region, "cross-view attention": not args.no_cross_view,
+               "depth branch": not args.no_depth_branch}))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)
     accelerator.end_training()
 
@@ -136,8 +176,11 @@ def plot_losses(history_path: str, path: str) -> None:
         return
     steps = np.array([r["step"] for r in records])
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for axis, key, title in ((axes[0], "reconstruction_loss", "BEV reconstruction (MSE)"),
+    for axis, key, title in ((axes[0], "reconstruction_loss", "reconstruction (MSE)"),
                              (axes[1], "depth_loss", "depth (BCE)")):
+        if key not in records[0]:
+            axis.set_visible(False)
+            continue
         axis.plot(steps, [r[key] for r in records])
         axis.set_xlabel("step")
         axis.set_title(title)

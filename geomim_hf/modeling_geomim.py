@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_geomim import GeoMIMConfig
 from .data.records import ATTRIBUTE_NAMES
-from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_heatmap_output
+from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_output
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
 from .modeling.swin import PAD_GROUP, SwinEncoder, WindowAttention
@@ -167,8 +167,8 @@ class GeoMIMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.reset_running_stats()
-        elif isinstance(module, nn.Conv2d) and hasattr(module, "prior_bias"):
-            init_heatmap_output(module)
+        elif isinstance(module, nn.Conv2d) and hasattr(module, "output_bias"):
+            init_output(module)
         elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
@@ -446,6 +446,19 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         self.grid = BevGrid(config.det_bev_x_range, config.det_bev_y_range, config.det_bev_resolution)
         self.feature_stride = strides[0]
         self.post_init()
+
+    def freeze_encoder(self) -> None:
+        """Frozen-encoder probing: the encoder gets no gradients and stays in eval mode (no drop path),
+        also after ``train()``; the rest of the detector trains."""
+        self.geomim.requires_grad_(False)
+        self.encoder_frozen = True
+        self.geomim.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "encoder_frozen", False):
+            self.geomim.eval()
+        return self
 
     def lift(self, pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform):
         """One frame's BEV (B, C, Y, X) and depth logits (B, N, D, h, w)."""

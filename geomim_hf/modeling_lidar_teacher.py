@@ -33,7 +33,7 @@ from .modeling.centerpoint import (
     build_targets,
     center_loss,
     decode,
-    init_heatmap_output,
+    init_output,
     transform_boxes,
 )
 from .modeling.bev_resample import resample_bev
@@ -215,8 +215,8 @@ class GeoMIMLidarTeacher(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d) and hasattr(module, "prior_bias"):
-            init_heatmap_output(module)
+        if isinstance(module, nn.Conv2d) and hasattr(module, "output_bias"):
+            init_output(module)
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:

@@ -85,8 +85,10 @@ class CenterHead(nn.Module):
             self.heatmap = branch(num_classes)
             self.regression = branch(REGRESSION_CHANNELS)
             self.attributes = branch(num_attributes) if num_attributes else None
-            self.heatmap[-1].prior_bias = HEATMAP_PRIOR_BIAS  # tells a model-wide initialiser to call the below
-            init_heatmap_output(self.heatmap[-1])
+            mark_output(self.heatmap[-1], HEATMAP_PRIOR_BIAS)
+            mark_output(self.regression[-1])
+            if self.attributes is not None:
+                mark_output(self.attributes[-1])
             return
         self.task_classes = [list(map(int, classes)) for classes in task_classes]
         flat = [c for classes in self.task_classes for c in classes]
@@ -100,8 +102,9 @@ class CenterHead(nn.Module):
         for classes in self.task_classes:
             task = nn.ModuleDict({"heatmap": branch(len(classes)), "regression": nn.ModuleDict(
                 {name: branch(part.stop - part.start) for name, part in REGRESSION_SLICES.items()})})
-            task["heatmap"][-1].prior_bias = HEATMAP_PRIOR_BIAS
-            init_heatmap_output(task["heatmap"][-1])
+            mark_output(task["heatmap"][-1], HEATMAP_PRIOR_BIAS)
+            for quantity in task["regression"].values():
+                mark_output(quantity[-1])
             self.tasks.append(task)
         # Heatmap channels come task-major; class c sits at channel class_channel[c]; its task is class_task[c].
         self.class_channel = [flat.index(c) for c in range(num_classes)]
@@ -126,11 +129,19 @@ class CenterHead(nn.Module):
                 "regression": torch.stack(regressions, 1)[:, self.class_task]}
 
 
-def init_heatmap_output(conv: nn.Conv2d) -> None:
-    """CenterNet's (and RetinaNet's) start: small weights and a bias at probability 0.1 for every
-    class and cell, so the focal loss starts sane."""
+def mark_output(conv: nn.Conv2d, bias: float = 0.0) -> None:
+    """Make ``conv`` an output layer: it starts as :func:`init_output` says, and the attribute it gets
+    tells a model-wide initialiser to do the same."""
+    conv.output_bias = bias
+    init_output(conv)
+
+
+def init_output(conv: nn.Conv2d) -> None:
+    """CenterNet's (and RetinaNet's) start for an output conv: small weights and its ``output_bias``
+    (the heatmap's sits at probability 0.1 for every class and cell), so the losses start sane: a
+    ReLU-gain init here starts the regressions at a few metres off (L1 ~14) and the gradients spiking."""
     nn.init.normal_(conv.weight, std=0.01)
-    nn.init.constant_(conv.bias, HEATMAP_PRIOR_BIAS)
+    nn.init.constant_(conv.bias, conv.output_bias)
 
 
 def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:

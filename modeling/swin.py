@@ -256,10 +256,16 @@ class SwinEncoder(nn.Module):
         groups[:, -(-self.image_size[1] // stride):] = PAD_GROUP
         return groups
 
-    def pad(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pad (B, 3, H, W) at the right and bottom to whole masking cells."""
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch embedding and norm of (B, 3, H, W), then zero tokens at the right and bottom up to whole
+        masking cells: (B, H_pad / 4, W_pad / 4, C). The padding is added after the norm, as Swin pads its
+        windows: a norm over an all-zero patch divides by sqrt(eps) and blows its gradient up ~300x."""
         height, width = pixel_values.shape[-2:]
-        return F.pad(pixel_values, (0, (-width) % self.cell_size, 0, (-height) % self.cell_size))
+        pixels = F.pad(pixel_values, (0, (-width) % self.patch_size, 0, (-height) % self.patch_size))
+        x = self.patch_norm(self.patch_embed(pixels).permute(0, 2, 3, 1))
+        padded_h, padded_w = (math.ceil(s / self.cell_size) * self.cell_size // self.patch_size
+                              for s in (height, width))
+        return F.pad(x, (0, 0, 0, padded_w - x.shape[2], 0, padded_h - x.shape[1]))
 
     def forward(self, pixel_values: torch.Tensor, cell_groups: torch.Tensor | None = None,
                 after_stage=None) -> list[torch.Tensor]:
@@ -267,7 +273,7 @@ class SwinEncoder(nn.Module):
         cell of the padded image, or None; after_stage: optional
         ``f(stage_index, x, groups) -> x`` run on each stage's output (B, H_s, W_s, C_s) before the next
         stage, e.g. Cross-View Attention. Returns per-stage (B, H_s, W_s, C_s)."""
-        x = self.patch_norm(self.patch_embed(self.pad(pixel_values)).permute(0, 2, 3, 1))  # (B, H/4, W/4, C)
+        x = self.embed(pixel_values)  # (B, H/4, W/4, C) of the padded image
         if self.absolute_pos_embed is not None:  # after the patch norm, as the official encoder
             position = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic", align_corners=False)
             x = x + position.permute(0, 2, 3, 1)

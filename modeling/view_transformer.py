@@ -73,6 +73,7 @@ class CameraAwareDepthNet(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, depth_bins: int, context_channels: int,
                  camera_hidden_size: int):
         super().__init__()
+        from .centerpoint import mark_output
         from .necks import BasicBlock  # the neck module owns the residual block
 
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
@@ -81,6 +82,7 @@ class CameraAwareDepthNet(nn.Module):
         self.context_gate = CameraAwareGate(mid_channels, camera_hidden_size)
         self.depth = nn.Sequential(BasicBlock(mid_channels, mid_channels), BasicBlock(mid_channels, mid_channels),
                                    nn.Conv2d(mid_channels, depth_bins, 1))
+        mark_output(self.depth[-1])  # small logits: the depth distribution starts near uniform
         self.context = nn.Conv2d(mid_channels, context_channels, 1)
 
     def forward(self, x: torch.Tensor, cameras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

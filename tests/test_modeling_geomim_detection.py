@@ -76,3 +76,24 @@ def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
                                 verbose=False, cache_dir=str(tmp_path / "cache"))
     print(metrics)
     assert metrics["NDS"] > 0.5 and metrics["mAP"] > 0.4
+
+
+def test_the_first_step_does_not_spike():
+    """At initialisation the detector's outputs start small and its gradients sane: the regressions near
+    zero (not metres off), the depth distribution near uniform, and no gradient amplified by a norm over
+    the all-zero padding of the image (that once made the first gradient norm ~7,000)."""
+    torch.manual_seed(0)
+    model = GeoMIMForBEVDetection(_config(det_temporal=False)).train()
+    inputs = _inputs(model.config, batch=2)
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")}
+    boxes = torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-20.0, -5.0, 0.9, 0.8, 0.7, 1.8, 1.0]]]).expand(2, -1, -1)
+    out = model(**camera, boxes=boxes, velocities=torch.zeros(2, 2, 2), labels=torch.tensor([[0, 8]] * 2),
+                attributes=torch.tensor([[0, 5]] * 2), depth_labels=inputs["labels"])
+    out.loss.backward()
+    assert out.regression.abs().max() < 0.5
+    uniform = torch.full((model.config.det_num_depth_bins,), 1 / model.config.det_num_depth_bins)
+    uniform_bce = torch.nn.functional.binary_cross_entropy(uniform, torch.eye(len(uniform))[0], reduction="sum")
+    assert out.depth_loss.item() == pytest.approx(float(uniform_bce), rel=0.05)
+    norms = {name: p.grad.norm() for name, p in model.named_parameters() if p.grad is not None}
+    assert torch.stack(list(norms.values())).norm() < 50, sorted(norms.items(), key=lambda kv: -kv[1])[:3]
+    assert norms["geomim.encoder.patch_embed.bias"] < 10 * norms["geomim.encoder.patch_embed.weight"]

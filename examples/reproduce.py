@@ -1,0 +1,348 @@
+"""What GeoMIM pretraining buys, measured: every arm of the paper's comparison, every protocol, 3 seeds.
+
+    python examples/reproduce.py --out outputs/study --budget smoke             # minutes: the machinery
+    python examples/reproduce.py --out outputs/study --budget cpu --seeds 0 1 2 # the study on 2 CPU cores
+    python examples/reproduce.py --out outputs/study --budget cpu --max-stages 6   # ... in pieces
+
+Stages, each the example script a user runs (printed before it starts), skipped when its result is
+already in ``--out``, so any stop continues where it was:
+
+1. a synthetic nuScenes ``v1.0-trainval`` world; the devkit's splits give ``train`` / ``val`` and,
+   inside ``train``, ``train_track`` / ``train_detect`` (the held-out training scenes on which the
+   finetuning recipe is chosen; ``train_detect`` is also the label-efficiency subset);
+2. the LiDAR teacher on ``train``, scored on ``val``; its BEV features cached for pretraining;
+3. pretraining of every arm and seed on ``train`` (no labels reach the camera encoder):
+   ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth alone), ``geomim`` and its ablations
+   ``geomim-no-cva``, ``geomim-no-depth-branch``, ``geomim-masked-loss``; ``random`` has none;
+4. the recipe search: each searched recipe finetunes ``random`` and ``geomim`` (seed 0) on
+   ``train_track`` and is scored on ``train_detect``; the best mean NDS picks the one recipe every
+   arm then gets (never chosen on ``val``);
+5. finetuning cells, arm x protocol x seed, scored by the devkit on ``val``:
+   ``full`` (the whole detector trains on ``train``, scored also at the learning curve's steps),
+   ``probe`` (the encoder frozen, the rest trains on ``train``) and ``label`` (full finetuning on
+   ``train_detect``, a quarter of the labelled scenes). The ablations run the probe only.
+
+``OUT/results.json`` (every cell, and per arm, protocol and step the mean and 95% t-interval over
+seeds), ``OUT/results.md`` (the tables) and ``OUT/learning_curve.png`` are rewritten after every
+stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quickstart import run_stage  # noqa: E402  (the sibling example script)
+
+VERSION = "v1.0-trainval"
+REPORTED = ("NDS", "mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
+ARMS = {  # the pretraining flags of each arm; random has no pretraining
+    "random": None,
+    "pixel": ["--objective", "pixel"],
+    "depth": ["--objective", "depth"],
+    "geomim": ["--objective", "geomim"],
+    "geomim-no-cva": ["--objective", "geomim", "--no-cross-view"],
+    "geomim-no-depth-branch": ["--objective", "geomim", "--no-depth-branch"],
+    "geomim-masked-loss": ["--objective", "geomim", "--loss-region", "masked"],
+}
+ABLATIONS = ("geomim-no-cva", "geomim-no-depth-branch", "geomim-masked-loss")
+PROTOCOLS = {  # train split, evaluation split, frozen encoder
+    "full": ("train", "val", False),
+    "probe": ("train", "val", True),
+    "label": ("train_detect", "val", False),
+}
+SEARCH_ARMS = ("random", "geomim")
+# The finetuning recipes searched. "light" drops what the diagnosis found to hurt short runs (CBGS, the
+# previous frame, EMA, layer decay, drop path); "official" keeps BEVDet's recipe (with the tiny lr).
+RECIPES = {
+    "light": ["--no-cbgs", "--no-temporal", "--ema-decay", "0", "--layer-decay", "1.0", "--drop-path-rate", "0"],
+    "official": [],
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    scenes: int
+    samples_per_scene: int
+    teacher_steps: int
+    pretrain_steps: int
+    finetune_steps: int
+    curve: tuple[int, ...]  # extra learning-curve steps of the full protocol
+    search: tuple[tuple[str, float], ...]  # (recipe, learning rate) pairs searched
+    batch_size: int = 2
+    checkpointing_steps: int = 200
+    workers: int = 2
+    extra: dict = field(default_factory=dict)
+
+
+BUDGETS = {
+    "smoke": Budget(scenes=6, samples_per_scene=2, teacher_steps=10, pretrain_steps=4, finetune_steps=4, curve=(2,),
+                    search=(("light", 1e-3),), checkpointing_steps=0, workers=0),
+    "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=600,
+                  curve=(75, 150, 300), search=(("light", 1e-3), ("light", 2e-3), ("official", 1e-3))),
+    "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
+                  curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3), ("official", 1e-3)),
+                  batch_size=4, workers=8),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (resumable)")
+    parser.add_argument("--budget", default="smoke", choices=sorted(BUDGETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--max-stages", type=int, default=None,
+                        help="stop after running this many stages (a piece of the study; run again to go on)")
+    parser.add_argument("--world", default=None, help="an existing synthetic v1.0-trainval world to use")
+    parser.add_argument("--teacher", default=None, help="an existing teacher folder (with metrics.json) to use")
+    return parser.parse_args(argv)
+
+
+def cells(args, budget: Budget):
+    """Every finetuning cell of the study as (arm, protocol, seed)."""
+    for protocol in args.protocols:
+        for arm in args.arms:
+            if arm in ABLATIONS and protocol != "probe":
+                continue
+            for seed in args.seeds:
+                yield arm, protocol, seed
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% Student-t interval (half-width NaN for one value)."""
+    from scipy import stats
+
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+
+
+def read_json(path: str) -> dict | None:
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def collect(out: str, args, budget: Budget, recipe: dict | None) -> dict:
+    """results.json: the cells finished so far and their per-arm summaries."""
+    found = []
+    for arm, protocol, seed in cells(args, budget):
+        curve = read_json(os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}", "learning_curve.json"))
+        for step, metrics in (curve or {}).items():
+            found.append({"arm": arm, "protocol": protocol, "seed": seed, "steps": int(step),
+                          **{k: metrics[k] for k in REPORTED}})
+    summary = {}
+    for row in found:
+        summary.setdefault((row["arm"], row["protocol"], row["steps"]), []).append(row)
+    summaries = []
+    for (arm, protocol, steps), rows in sorted(summary.items()):
+        entry = {"arm": arm, "protocol": protocol, "steps": steps, "seeds": sorted(r["seed"] for r in rows)}
+        for key in REPORTED:
+            mean, half = t_interval([r[key] for r in rows])
+            entry[key] = {"mean": mean, "ci95": half}
+        summaries.append(entry)
+    teacher = read_json(os.path.join(teacher_dir(out, args), "metrics.json"))
+    return {"budget": args.budget, "budget_settings": {k: v for k, v in vars(budget).items() if k != "extra"},
+            "version": VERSION, "teacher": {k: teacher[k] for k in ("NDS", "mAP")} if teacher else None,
+            "recipe": recipe, "search": read_json(os.path.join(out, "search", "search.json")),
+            "cells": found, "summary": summaries}
+
+
+def write_results(out: str, results: dict) -> None:
+    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", results_markdown(results))):
+        with open(os.path.join(out, name + ".partial"), "w") as handle:
+            handle.write(text)
+        os.replace(os.path.join(out, name + ".partial"), os.path.join(out, name))
+    if results["summary"]:
+        plot_learning_curve(results, os.path.join(out, "learning_curve.png"))
+
+
+def _cell(entry: dict, key: str) -> str:
+    mean, half = entry[key]["mean"], entry[key]["ci95"]
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def results_markdown(results: dict) -> str:
+    lines = [f"# GeoMIM study, budget `{results['budget']}`", ""]
+    if results["teacher"]:
+        lines.append(f"LiDAR teacher on val: NDS {results['teacher']['NDS']:.3f}, mAP {results['teacher']['mAP']:.3f}.")
+    if results["recipe"]:
+        lines.append(f"Finetuning recipe (chosen on train_detect, held out of train_track): {results['recipe']}.")
+    lines += ["", "Mean ± half-width of the 95% t-interval over seeds; devkit `detection_cvpr_2019` on val.", ""]
+    final = {}
+    for entry in results["summary"]:
+        final.setdefault(entry["protocol"], {})
+        previous = final[entry["protocol"]].get(entry["arm"])
+        if previous is None or entry["steps"] > previous["steps"]:
+            final[entry["protocol"]][entry["arm"]] = entry
+    for protocol, arms in final.items():
+        lines += [f"## {protocol}", "", "| arm | steps | seeds | " + " | ".join(REPORTED[:5]) + " |",
+                  "|---|---|---|" + "---|" * 5]
+        for arm, entry in arms.items():
+            lines.append(f"| {arm} | {entry['steps']} | {len(entry['seeds'])} | "
+                         + " | ".join(_cell(entry, k) for k in REPORTED[:5]) + " |")
+        lines.append("")
+    curve = [e for e in results["summary"] if e["protocol"] == "full"]
+    if curve:
+        lines += ["## learning curve (full finetuning, NDS)", "", "| arm | " + " | ".join(
+            str(s) for s in sorted({e["steps"] for e in curve})) + " |"]
+        steps = sorted({e["steps"] for e in curve})
+        lines.append("|---|" + "---|" * len(steps))
+        for arm in dict.fromkeys(e["arm"] for e in curve):
+            by_step = {e["steps"]: e for e in curve if e["arm"] == arm}
+            lines.append(f"| {arm} | " + " | ".join(_cell(by_step[s], "NDS") if s in by_step else "" for s in steps)
+                         + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curve(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    curve = [e for e in results["summary"] if e["protocol"] == "full"]
+    for arm in dict.fromkeys(e["arm"] for e in curve):
+        points = sorted((e for e in curve if e["arm"] == arm), key=lambda e: e["steps"])
+        steps = [e["steps"] for e in points]
+        for axis, key in zip(axes, ("NDS", "mATE")):
+            mean = [e[key]["mean"] for e in points]
+            half = [0.0 if math.isnan(e[key]["ci95"]) else e[key]["ci95"] for e in points]
+            axis.plot(steps, mean, marker="o", label=arm)
+            axis.fill_between(steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                              alpha=0.15)
+    for axis, key in zip(axes, ("NDS (higher is better)", "mATE, m (lower is better)")):
+        axis.set_xlabel("finetuning steps")
+        axis.set_title(key)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"full finetuning on val, mean and 95% interval over seeds (budget {results['budget']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def teacher_dir(out: str, args) -> str:
+    return args.teacher or os.path.join(out, "teacher")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    budget = BUDGETS[args.budget]
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    dataroot = args.world or os.path.join(out, "nuscenes")
+    stages_run = 0
+    started = time.perf_counter()
+
+    def stage(*spec) -> None:
+        nonlocal stages_run
+        if args.max_stages is not None and stages_run >= args.max_stages:
+            return
+        if run_stage(*spec):
+            stages_run += 1
+            write_results(out, collect(out, args, budget, recipe))
+
+    recipe = read_json(os.path.join(out, "search", "recipe.json"))
+    if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
+        from geomim_hf.data.nuscenes_format import write_nuscenes
+
+        print(f"writing a synthetic {VERSION} world of {budget.scenes} x {budget.samples_per_scene} keyframes to "
+              f"{dataroot}", flush=True)
+        write_nuscenes(dataroot, num_scenes=budget.scenes, samples_per_scene=budget.samples_per_scene, seed=0,
+                       version=VERSION, camera_sweeps=0, lidar_sweeps=0, workers=max(budget.workers, 1))
+
+    data = ["--dataroot", dataroot, "--version", VERSION, "--num-workers", str(budget.workers), "--sweeps", "0",
+            "--batch-size", str(budget.batch_size), "--checkpointing-steps", str(budget.checkpointing_steps),
+            "--resume-from-checkpoint", "latest", "--logging-steps", "25"]
+    teacher = teacher_dir(out, args)
+    stage("LiDAR teacher", "train_lidar_teacher.py", teacher,
+          [*data, "--train-split", "train", "--val-split", "val", "--max-steps", str(budget.teacher_steps),
+           "--batch-size", "4"], "metrics.json")
+    features = os.path.join(out, "teacher_features")
+    stage("teacher features", "cache_teacher_features.py", features,
+          ["--teacher", teacher, "--dataroot", dataroot, "--version", VERSION, "--split", "train", "--sweeps", "0"],
+          "index.json")
+
+    # Pretraining: the tiny preset's settings (lr 1e-3, 50 warmup steps), the same for every arm.
+    def pretrained(arm: str, seed: int) -> str:
+        return os.path.join(out, "pretrain", f"{arm}-seed{seed}")
+
+    needed = {(arm, seed) for arm, _, seed in cells(args, budget)} | {(arm, 0) for arm in SEARCH_ARMS}
+    for arm, seed in sorted(needed, key=lambda a: (a[1], list(ARMS).index(a[0]))):
+        if ARMS[arm] is None:
+            continue
+        stage(f"pretraining {arm}, seed {seed}", "pretrain.py", pretrained(arm, seed),
+              [*data, "--train-split", "train", "--seed", str(seed), "--model-config", "geomim-tiny", *ARMS[arm],
+               *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
+               "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
+              "pretrain_summary.json")
+
+    def init_of(arm: str, seed: int) -> list[str]:
+        return ["--init", "scratch", "--model-config", "geomim-tiny"] if ARMS[arm] is None else \
+            ["--init", pretrained(arm, seed)]
+
+    def finetune_flags(chosen: dict) -> list[str]:
+        return [*RECIPES[chosen["recipe"]], "--learning-rate", str(chosen["learning_rate"]), "--warmup-steps", "50",
+                "--max-steps", str(budget.finetune_steps)]
+
+    # The recipe search on held-out training scenes.
+    search_dir = os.path.join(out, "search")
+    for recipe_name, learning_rate in budget.search:
+        for arm in SEARCH_ARMS:
+            candidate = {"recipe": recipe_name, "learning_rate": learning_rate}
+            stage(f"recipe search: {recipe_name}, lr {learning_rate:g}, {arm}", "finetune_detection.py",
+                  os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}"),
+                  [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
+                   *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json")
+    if recipe is None:
+        scores = {}
+        for recipe_name, learning_rate in budget.search:
+            found = [read_json(os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}", "metrics.json"))
+                     for arm in SEARCH_ARMS]
+            if all(found):
+                scores[f"{recipe_name} lr {learning_rate:g}"] = {
+                    "recipe": recipe_name, "learning_rate": learning_rate,
+                    "held_out_NDS": {arm: m["NDS"] for arm, m in zip(SEARCH_ARMS, found)},
+                    "mean_NDS": sum(m["NDS"] for m in found) / len(found)}
+        if len(scores) == len(budget.search):
+            best = max(scores.values(), key=lambda s: s["mean_NDS"])
+            recipe = {"recipe": best["recipe"], "learning_rate": best["learning_rate"]}
+            with open(os.path.join(search_dir, "search.json"), "w") as handle:
+                json.dump(scores, handle, indent=2)
+            with open(os.path.join(search_dir, "recipe.json"), "w") as handle:
+                json.dump(recipe, handle, indent=2)
+            print(f"recipe chosen on the held-out training scenes: {recipe}")
+    if recipe is None:
+        write_results(out, collect(out, args, budget, recipe))
+        print(f"stopped before the study: the recipe search is not complete ({stages_run} stages run)")
+        return
+
+    for arm, protocol, seed in cells(args, budget):
+        train_split, val_split, frozen = PROTOCOLS[protocol]
+        curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
+        stage(f"finetuning {arm}, {protocol}, seed {seed}", "finetune_detection.py",
+              os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
+              [*data, "--train-split", train_split, "--val-split", val_split, "--seed", str(seed), *init_of(arm, seed),
+               *finetune_flags(recipe), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json")
+
+    results = collect(out, args, budget, recipe)
+    write_results(out, results)
+    total = len(list(cells(args, budget)))
+    done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]})
+    print(f"\n{done} of {total} cells done ({stages_run} stages run now, {(time.perf_counter() - started) / 60:.1f} "
+          f"min); tables in {os.path.join(out, 'results.md')}")
+    print(open(os.path.join(out, "results.md")).read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""examples/reproduce.py: the study's bookkeeping against independent computations, and the smoke budget
+run end to end as a user runs it."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "examples" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_t_interval_is_scipys():
+    reproduce = _reproduce()
+    values = [0.12, 0.18, 0.15]
+    mean, half = reproduce.t_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
+    assert math.isnan(reproduce.t_interval([0.3])[1])
+
+
+def test_results_summarise_the_cells_found(tmp_path):
+    reproduce = _reproduce()
+    args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
+                                 "--protocols", "full", "probe", "--seeds", "0", "1"])
+    budget = reproduce.BUDGETS["smoke"]
+    rng = np.random.default_rng(0)
+    written = {}
+    for arm, protocol, seed in reproduce.cells(args, budget):
+        if (arm, protocol, seed) == ("geomim", "probe", 1):
+            continue  # a cell not finished yet
+        folder = tmp_path / "finetune" / f"{arm}-{protocol}-seed{seed}"
+        folder.mkdir(parents=True)
+        curve = {str(step): {key: float(rng.random()) for key in reproduce.REPORTED}
+                 for step in ((2, 4) if protocol == "full" else (4,))}
+        (folder / "learning_curve.json").write_text(json.dumps(curve))
+        written[arm, protocol, seed] = curve
+    results = reproduce.collect(str(tmp_path), args, budget, {"recipe": "light", "learning_rate": 1e-3})
+    assert len(results["cells"]) == sum(len(c) for c in written.values())
+    summary = {(e["arm"], e["protocol"], e["steps"]): e for e in results["summary"]}
+    entry = summary["random", "full", 2]
+    nds = [written["random", "full", s]["2"]["NDS"] for s in (0, 1)]
+    assert entry["seeds"] == [0, 1] and entry["NDS"]["mean"] == pytest.approx(np.mean(nds))
+    assert entry["NDS"]["ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * stats.sem(nds))
+    assert summary["geomim", "probe", 4]["seeds"] == [0] and math.isnan(summary["geomim", "probe", 4]["NDS"]["ci95"])
+    reproduce.write_results(str(tmp_path), results)
+    table = (tmp_path / "results.md").read_text()
+    assert "| geomim | 4 | 1 |" in table and f"{np.mean(nds):.3f} ± " in table
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+def test_smoke_study_runs_and_resumes(tmp_path):
+    command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
+               "--arms", "random", "geomim", "--protocols", "full", "probe", "--seeds", "0"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["teacher"] is not None and results["recipe"] == {"recipe": "light", "learning_rate": 1e-3}
+    found = {(c["arm"], c["protocol"], c["steps"]) for c in results["cells"]}
+    assert found == {("random", "full", 2), ("random", "full", 4), ("geomim", "full", 2), ("geomim", "full", 4),
+                     ("random", "probe", 4), ("geomim", "probe", 4)}
+    for cell in results["cells"]:
+        assert 0.0 <= cell["NDS"] <= 1.0 and cell["mATE"] >= 0.0
+    # The probe's encoder stayed as pretrained; the full finetuning's moved.
+    from safetensors.torch import load_file
+
+    pretrained = load_file(tmp_path / "pretrain" / "geomim-seed0" / "model.safetensors")
+    key = "geomim.encoder.patch_embed.weight"
+    probe = load_file(tmp_path / "finetune" / "geomim-probe-seed0" / "model.safetensors")
+    full = load_file(tmp_path / "finetune" / "geomim-full-seed0" / "model.safetensors")
+    assert (probe[key] == pretrained[key]).all() and not (full[key] == pretrained[key]).all()
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curve.png").is_file()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ " not in again.stdout and "already done" in again.stdout  # every stage skipped
