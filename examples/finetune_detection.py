@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         if step >= args.max_steps:
             break
         with accelerator.accumulate(model):
-            out = model(**{k: batch[k] for k in INPUTS}, depth_labels=batch["depth_maps"])
+            out = model(**{k: batch[k] for k in INPUTS if k in batch}, depth_labels=batch["depth_maps"])
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         if ema is not None and accelerator.sync_gradients:
             ema.update_parameters(accelerator.unwrap_model(model))

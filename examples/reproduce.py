@@ -11,9 +11,10 @@ already in ``--out``, so any stop continues where it was:
    inside ``train``, ``train_track`` / ``train_detect`` (the held-out training scenes on which the
    finetuning recipe is chosen; ``train_detect`` is also the label-efficiency subset);
 2. the LiDAR teacher on ``train``, scored on ``val``; its BEV features cached for pretraining;
-3. pretraining of every arm and seed on ``train`` (no labels reach the camera encoder):
-   ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth alone), ``geomim`` and its ablations
-   ``geomim-no-cva``, ``geomim-no-depth-branch``, ``geomim-masked-loss``; ``random`` has none;
+3. pretraining of every arm and seed on ``train``, run when a finetuning stage first needs it (no
+   labels reach the camera encoder): ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth alone),
+   ``geomim`` and its ablations ``geomim-no-cva``, ``geomim-no-depth-branch``,
+   ``geomim-masked-loss``; ``random`` has none;
 4. the recipe search: each searched recipe finetunes ``random`` and ``geomim`` (seed 0) on
    ``train_track`` and is scored on ``train_detect``; the best mean NDS picks the one recipe every
    arm then gets (never chosen on ``val``);
@@ -107,13 +108,15 @@ def parse_args(argv=None):
 
 
 def cells(args, budget: Budget):
-    """Every finetuning cell of the study as (arm, protocol, seed)."""
-    for protocol in args.protocols:
-        for arm in args.arms:
-            if arm in ABLATIONS and protocol != "probe":
-                continue
-            for seed in args.seeds:
-                yield arm, protocol, seed
+    """Every finetuning cell of the study as (arm, protocol, seed): seed by seed, so that a study run in
+    pieces has whole seeds early; the ablations (probe only) last within each seed."""
+    for seed in args.seeds:
+        for ablations in (False, True):
+            for protocol in args.protocols:
+                for arm in args.arms:
+                    if (arm in ABLATIONS) != ablations or (arm in ABLATIONS and protocol != "probe"):
+                        continue
+                    yield arm, protocol, seed
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
@@ -143,7 +146,8 @@ def collect(out: str, args, budget: Budget, recipe: dict | None) -> dict:
     for row in found:
         summary.setdefault((row["arm"], row["protocol"], row["steps"]), []).append(row)
     summaries = []
-    for (arm, protocol, steps), rows in sorted(summary.items()):
+    order = list(ARMS)
+    for (arm, protocol, steps), rows in sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:])):
         entry = {"arm": arm, "protocol": protocol, "steps": steps, "seeds": sorted(r["seed"] for r in rows)}
         for key in REPORTED:
             mean, half = t_interval([r[key] for r in rows])
@@ -175,7 +179,8 @@ def results_markdown(results: dict) -> str:
     if results["teacher"]:
         lines.append(f"LiDAR teacher on val: NDS {results['teacher']['NDS']:.3f}, mAP {results['teacher']['mAP']:.3f}.")
     if results["recipe"]:
-        lines.append(f"Finetuning recipe (chosen on train_detect, held out of train_track): {results['recipe']}.")
+        lines.append(f"Finetuning recipe, the same for every arm (finetuned on train_track, chosen on the held-out "
+                     f"training scenes of train_detect): {results['recipe']}.")
     lines += ["", "Mean ± half-width of the 95% t-interval over seeds; devkit `detection_cvpr_2019` on val.", ""]
     final = {}
     for entry in results["summary"]:
@@ -277,15 +282,14 @@ def main(argv=None) -> None:
     def pretrained(arm: str, seed: int) -> str:
         return os.path.join(out, "pretrain", f"{arm}-seed{seed}")
 
-    needed = {(arm, seed) for arm, _, seed in cells(args, budget)} | {(arm, 0) for arm in SEARCH_ARMS}
-    for arm, seed in sorted(needed, key=lambda a: (a[1], list(ARMS).index(a[0]))):
-        if ARMS[arm] is None:
-            continue
-        stage(f"pretraining {arm}, seed {seed}", "pretrain.py", pretrained(arm, seed),
-              [*data, "--train-split", "train", "--seed", str(seed), "--model-config", "geomim-tiny", *ARMS[arm],
-               *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
-               "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
-              "pretrain_summary.json")
+    def ensure_pretrained(arm: str, seed: int) -> None:
+        """Pretrain an arm's encoder when a finetuning stage first needs it."""
+        if ARMS[arm] is not None:
+            stage(f"pretraining {arm}, seed {seed}", "pretrain.py", pretrained(arm, seed),
+                  [*data, "--train-split", "train", "--seed", str(seed), "--model-config", "geomim-tiny", *ARMS[arm],
+                   *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
+                   "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
+                  "pretrain_summary.json")
 
     def init_of(arm: str, seed: int) -> list[str]:
         return ["--init", "scratch", "--model-config", "geomim-tiny"] if ARMS[arm] is None else \
@@ -299,6 +303,7 @@ def main(argv=None) -> None:
     search_dir = os.path.join(out, "search")
     for recipe_name, learning_rate in budget.search:
         for arm in SEARCH_ARMS:
+            ensure_pretrained(arm, 0)
             candidate = {"recipe": recipe_name, "learning_rate": learning_rate}
             stage(f"recipe search: {recipe_name}, lr {learning_rate:g}, {arm}", "finetune_detection.py",
                   os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}"),
@@ -328,6 +333,7 @@ def main(argv=None) -> None:
         return
 
     for arm, protocol, seed in cells(args, budget):
+        ensure_pretrained(arm, seed)
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
         stage(f"finetuning {arm}, {protocol}, seed {seed}", "finetune_detection.py",
