@@ -55,7 +55,8 @@ def parse_args(argv=None):
     parser.set_defaults(max_grad_norm=5.0, weight_decay=0.05, sweeps=0)
     parser.add_argument("--val-split", default="val", help="evaluated with the devkit at the end ('' to skip)")
     parser.add_argument("--init", default="scratch", help="a GeoMIM checkpoint folder, or 'scratch'")
-    parser.add_argument("--model-config", default="geomim-tiny", help="preset for --init scratch")
+    parser.add_argument("--model-config", default="geomim-tiny",
+                        help="for --init scratch: a preset name or a folder with config.json")
     parser.add_argument("--layer-decay", type=float, default=0.8)
     parser.add_argument("--drop-path-rate", type=float, default=0.2)
     parser.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA")
@@ -73,7 +74,9 @@ def parse_args(argv=None):
 def build_model(args) -> GeoMIMForBEVDetection:
     overrides = {"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal}
     if args.init == "scratch":
-        return GeoMIMForBEVDetection(GeoMIMConfig.from_preset(args.model_config, **overrides))
+        config = GeoMIMConfig.from_preset_or_folder(args.model_config)
+        config.update(overrides)
+        return GeoMIMForBEVDetection(config)
     # The pretrained encoder loads; the neck, depth net, BEV encoder and head are new (logged).
     return GeoMIMForBEVDetection.from_pretrained(args.init, **overrides)
 
