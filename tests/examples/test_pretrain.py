@@ -86,3 +86,36 @@ def test_cached_teacher_features(nuscenes_root, teacher_dir, tmp_path):
     history = _pretrain(nuscenes_root, teacher_dir, tmp_path / "cached", "--max-steps", "2", "--teacher-features",
                         str(cache_dir))
     assert len(history) == 2
+
+
+@pytest.mark.parametrize("flags, losses", [(["--objective", "pixel"], {"reconstruction_loss"}),
+                                           (["--objective", "depth"], {"depth_loss"}),
+                                           (["--no-cross-view", "--no-depth-branch", "--loss-region", "masked"],
+                                            {"reconstruction_loss", "depth_loss"})])
+def test_baselines_and_ablations_by_flag(nuscenes_root, teacher_dir, tmp_path, flags, losses):
+    """The paper's baselines need no teacher; every arm saves a model whose config says what it trained."""
+    command = [sys.executable, str(REPO / "examples" / "pretrain.py"), "--dataroot", str(nuscenes_root), "--version",
+               "v1.0-mini", "--train-split", "mini_val", "--output-dir", str(tmp_path), "--batch-size", "1",
+               "--num-workers", "0", "--logging-steps", "1", "--checkpointing-steps", "0", "--sweeps", "2",
+               "--max-steps", "2", *flags]
+    if "--objective" not in flags:
+        command += ["--teacher", str(teacher_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in open(tmp_path / "loss_history.jsonl")]
+    assert len(history) == 2 and losses <= set(history[0]) and all(r["loss"] > 0 for r in history)
+    config = GeoMIMConfig.from_pretrained(tmp_path)
+    if "pixel" in flags:
+        assert config.pretrain_objective == "pixel"
+    elif "depth" in flags:
+        assert config.pretrain_objective == "depth"
+    else:
+        assert (config.decoder_cross_view_layers, config.decoder_depth_branch, config.reconstruction_region) == \
+            ((), False, "masked")
+    GeoMIMModel.from_pretrained(tmp_path)  # the encoder loads alone, whatever the objective
+
+
+def test_geomim_without_a_teacher_is_refused(nuscenes_root, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "pretrain.py"), "--dataroot", str(nuscenes_root),
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "--objective geomim needs --teacher" in result.stderr
