@@ -66,6 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--eval-steps", type=int, nargs="*", default=[],
                         help="also score the detector on --val-split after these steps (a learning curve, in "
                         "OUT/learning_curve.json; the final step is always scored)")
+    parser.add_argument("--out-indices", type=int, nargs="+", default=None,
+                        help="encoder stages the detector reads (e.g. 1 2 3 for stride-8 features over an encoder "
+                        "pretrained with 2 3); default: the config's")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="frozen-encoder probing: train everything but the encoder")
     return parser.parse_args(argv)
@@ -73,6 +76,8 @@ def parse_args(argv=None):
 
 def build_model(args) -> GeoMIMForBEVDetection:
     overrides = {"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal}
+    if args.out_indices:
+        overrides["out_indices"] = tuple(args.out_indices)
     if args.init == "scratch":
         config = GeoMIMConfig.from_preset_or_folder(args.model_config)
         config.update(overrides)

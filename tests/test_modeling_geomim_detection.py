@@ -41,6 +41,22 @@ def test_pretrained_encoder_loads_into_the_detector(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_a_pretrained_encoder_serves_stride_8_features(tmp_path):
+    """Pretraining decodes strides 16 and 32; the detector may read stride 8 too: the shared stages load,
+    the new stage's output norm starts fresh, and the lift runs at stride 8."""
+    pretrained = GeoMIMForMaskedBEVModeling(_config())
+    pretrained.save_pretrained(tmp_path)
+    detector = GeoMIMForBEVDetection.from_pretrained(tmp_path, out_indices=(1, 2, 3), det_temporal=False).eval()
+    assert detector.feature_stride == 8 and detector.lift_splat.feature_size == (8, 22)
+    for name, tensor in pretrained.geomim.state_dict().items():
+        torch.testing.assert_close(detector.geomim.state_dict()[name], tensor, msg=name)
+    assert "out_norms.1.weight" not in pretrained.geomim.state_dict()
+    inputs = _inputs(detector.config, batch=1)
+    with torch.no_grad():
+        out = detector(**{k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")})
+    assert out.depth.shape[-2:] == (8, 22) and out.heatmap.shape == (1, 10, 64, 64)
+
+
 def test_layer_decay_groups_cover_every_parameter_once():
     model = GeoMIMForBEVDetection(_config())
     groups = model.parameter_groups(1e-3, 0.05, 0.8)
