@@ -76,6 +76,8 @@ class Budget:
     finetune_steps: int
     curve: tuple[int, ...]  # extra learning-curve steps of the full protocol
     search: tuple[tuple[str, float], ...]  # (recipe, learning rate) pairs searched
+    preset: str = "geomim-tiny"  # the camera model of every arm
+    out_indices: tuple[int, ...] = ()  # encoder stages the detector reads, when not the preset's
     batch_size: int = 2
     checkpointing_steps: int = 200
     workers: int = 2
@@ -85,11 +87,15 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(scenes=6, samples_per_scene=2, teacher_steps=10, pretrain_steps=4, finetune_steps=4, curve=(2,),
                     search=(("light", 1e-3),), checkpointing_steps=0, workers=0),
-    "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=600,
-                  curve=(75, 150, 300), search=(("light", 1e-3), ("light", 2e-3), ("official", 1e-3))),
+    # 128 x 352 with stride-8 features over 1500 steps: the first setting whose random-init detector learned on
+    # held-out scenes (docs/study_cpu). About 18 min per finetuning cell on 2 cores: the whole grid is ~16 h, so
+    # run it in pieces (--max-stages, --arms, --protocols).
+    "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=1500,
+                  curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3)), preset="geomim-small",
+                  out_indices=(1, 2, 3)),
     "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
                   curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3), ("official", 1e-3)),
-                  batch_size=4, workers=8),
+                  preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8),
 }
 
 
@@ -278,7 +284,7 @@ def main(argv=None) -> None:
           ["--teacher", teacher, "--dataroot", dataroot, "--version", VERSION, "--split", "train", "--sweeps", "0"],
           "index.json")
 
-    # Pretraining: the tiny preset's settings (lr 1e-3, 50 warmup steps), the same for every arm.
+    # Pretraining: the tiny networks' settings (lr 1e-3, 50 warmup steps), the same for every arm.
     def pretrained(arm: str, seed: int) -> str:
         return os.path.join(out, "pretrain", f"{arm}-seed{seed}")
 
@@ -286,14 +292,15 @@ def main(argv=None) -> None:
         """Pretrain an arm's encoder when a finetuning stage first needs it."""
         if ARMS[arm] is not None:
             stage(f"pretraining {arm}, seed {seed}", "pretrain.py", pretrained(arm, seed),
-                  [*data, "--train-split", "train", "--seed", str(seed), "--model-config", "geomim-tiny", *ARMS[arm],
+                  [*data, "--train-split", "train", "--seed", str(seed), "--model-config", budget.preset, *ARMS[arm],
                    *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
                    "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
                   "pretrain_summary.json")
 
     def init_of(arm: str, seed: int) -> list[str]:
-        return ["--init", "scratch", "--model-config", "geomim-tiny"] if ARMS[arm] is None else \
-            ["--init", pretrained(arm, seed)]
+        stages = ["--out-indices", *map(str, budget.out_indices)] if budget.out_indices else []
+        return [*(["--init", "scratch", "--model-config", budget.preset] if ARMS[arm] is None else
+                  ["--init", pretrained(arm, seed)]), *stages]
 
     def finetune_flags(chosen: dict) -> list[str]:
         return [*RECIPES[chosen["recipe"]], "--learning-rate", str(chosen["learning_rate"]), "--warmup-steps", "50",

@@ -306,8 +306,9 @@ class GeoMIMConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GeoMIMConfig":
-        """A named setting: ``geomim-swin-b`` (official), ``geomim-swin-l``, ``geomim-swin-t`` or
-        ``geomim-tiny`` (a few million parameters, small images and grid, for tests and the quickstart)."""
+        """A named setting: ``geomim-swin-b`` (official), ``geomim-swin-l``, ``geomim-swin-t``,
+        ``geomim-tiny`` (a few million parameters, small images and grid, for tests and the quickstart) or
+        ``geomim-small`` (the tiny networks at 128 x 352, for the CPU study)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -336,3 +337,8 @@ PRESETS: dict[str, dict] = {
         "det_bev_neck_channels": 64, "det_head_channels": 32,
     },
 }
+# The CPU study's preset: geomim-tiny at 128 x 352, the smallest setting at which a camera detector learned on
+# held-out synthetic scenes (docs/study_cpu); its detector reads stride 8 too (out_indices 1, 2, 3) for the
+# official count of 16 x 44 rays per view, while pretraining decodes strides 16 and 32.
+PRESETS["geomim-small"] = {**PRESETS["geomim-tiny"], "image_size": (128, 352),
+                           "absolute_position_embedding_size": (32, 88)}

@@ -44,6 +44,7 @@ TEACHER_PRESETS = {
     "geomim-tiny": {"backbone_channels": (32, 48, 64), "backbone_layers": (1, 2, 2), "neck_channels": 32,
                     "head_channels": 32},
 }
+TEACHER_PRESETS["geomim-small"] = TEACHER_PRESETS["geomim-tiny"]  # the same target grid
 # CenterPoint's nuScenes circle-NMS radii (metres), by detection class.
 NMS_RADIUS = {"car": 4.0, "truck": 12.0, "construction_vehicle": 12.0, "bus": 10.0, "trailer": 10.0, "barrier": 1.0,
               "motorcycle": 0.85, "bicycle": 0.85, "pedestrian": 0.175, "traffic_cone": 0.175}

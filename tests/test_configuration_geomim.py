@@ -25,6 +25,8 @@ def test_presets_round_trip_through_auto_config(name, tmp_path):
 
 
 def test_presets_differ_where_they_should():
+    small, tiny = GeoMIMConfig.from_preset("geomim-small"), GeoMIMConfig.from_preset("geomim-tiny")
+    assert small.image_size == (128, 352) and small.target_grid_size == tiny.target_grid_size
     assert GeoMIMConfig.from_preset("geomim-swin-l").stage_dims[-1] == 1536
     assert GeoMIMConfig.from_preset("geomim-swin-t").depths == (2, 2, 6, 2)
     tiny = GeoMIMConfig.from_preset("geomim-tiny", mask_ratio=0.4)
