@@ -147,7 +147,6 @@ def main(argv=None) -> None:
         if args.val_split:
             metrics.update(evaluate_detector(final, args.dataroot, args.version, args.val_split, args.output_dir,
                                              processor, sweeps=0, batch_size=args.batch_size))
-        if args.val_split:
             record_curve_point(args.output_dir, args.max_steps, metrics)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)

@@ -308,18 +308,22 @@ def main(argv=None) -> None:
 
     # The recipe search on held-out training scenes.
     search_dir = os.path.join(out, "search")
+
+    def search_cell(recipe_name: str, learning_rate: float, arm: str) -> str:
+        return os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}")
+
     for recipe_name, learning_rate in budget.search:
         for arm in SEARCH_ARMS:
             ensure_pretrained(arm, 0)
             candidate = {"recipe": recipe_name, "learning_rate": learning_rate}
             stage(f"recipe search: {recipe_name}, lr {learning_rate:g}, {arm}", "finetune_detection.py",
-                  os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}"),
+                  search_cell(recipe_name, learning_rate, arm),
                   [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
                    *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json")
     if recipe is None:
         scores = {}
         for recipe_name, learning_rate in budget.search:
-            found = [read_json(os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}", "metrics.json"))
+            found = [read_json(os.path.join(search_cell(recipe_name, learning_rate, arm), "metrics.json"))
                      for arm in SEARCH_ARMS]
             if all(found):
                 scores[f"{recipe_name} lr {learning_rate:g}"] = {

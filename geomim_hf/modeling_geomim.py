@@ -22,7 +22,7 @@ from .data.records import ATTRIBUTE_NAMES
 from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_output
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
-from .modeling.swin import PAD_GROUP, SwinEncoder, WindowAttention
+from .modeling.swin import SwinEncoder, WindowAttention
 from .modeling.view_transformer import BevDownsample, CameraAwareDepthNet, DepthNet, LiftSplat, camera_vector
 from .modeling_lidar_teacher import NMS_RADIUS
 
@@ -353,7 +353,7 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
             target = pixel_targets(pixel_values, self.decoder_grid, DECODER_STRIDE)  # (B, N, h', w', P)
             losses = []
             for group in (0, 1):
-                masked = (token_groups != group) & (token_groups != PAD_GROUP)  # (h', w')
+                masked = token_groups == 1 - group  # (h', w') the other group's cells, never the padding
                 losses.append(F.mse_loss(reconstruction[:, group][:, :, masked].float(), target[:, :, masked]))
             reconstruction_loss = loss = torch.stack(losses).mean()
         elif self.objective == "geomim" and teacher_features is not None:
