@@ -1,6 +1,7 @@
 """examples/reproduce.py: the study's bookkeeping against independent computations, and the smoke budget
 run end to end as a user runs it."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -31,6 +32,18 @@ def test_t_interval_is_scipys():
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
     assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
     assert math.isnan(reproduce.t_interval([0.3])[1])
+
+
+def test_cells_run_the_main_comparison_first_and_the_secondary_on_fewer_seeds(tmp_path):
+    reproduce = _reproduce()
+    args = reproduce.parse_args(["--out", str(tmp_path), "--arms", "random", "geomim", "depth", "geomim-no-cva",
+                                 "--protocols", "full", "probe", "label", "--seeds", "0", "1"])
+    budget = dataclasses.replace(reproduce.BUDGETS["smoke"], secondary_seeds=1)
+    main = [(arm, protocol, seed) for seed in (0, 1) for protocol in ("full", "probe") for arm in ("random", "geomim")]
+    secondary = [("depth", "probe", 0), ("geomim-no-cva", "probe", 0), ("random", "label", 0), ("geomim", "label", 0)]
+    assert list(reproduce.cells(args, budget)) == main + secondary
+    everywhere = list(reproduce.cells(args, dataclasses.replace(budget, secondary_seeds=None)))
+    assert everywhere == main + secondary + [(arm, protocol, 1) for arm, protocol, _ in secondary]
 
 
 def test_results_summarise_the_cells_found(tmp_path):
