@@ -15,9 +15,10 @@ already in ``--out``, so any stop continues where it was:
    labels reach the camera encoder): ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth alone),
    ``geomim`` and its ablations ``geomim-no-cva``, ``geomim-no-depth-branch``,
    ``geomim-masked-loss``; ``random`` has none;
-4. the recipe search: each searched recipe finetunes ``random`` and ``geomim`` (seed 0) on
-   ``train_track`` and is scored on ``train_detect``; the best mean NDS picks the one recipe every
-   arm then gets (never chosen on ``val``);
+4. the recipe search, the same effort for every main arm: each searched recipe finetunes
+   ``random``, ``pixel`` and ``geomim`` (seed 0) on ``train_track`` and is scored on
+   ``train_detect``; each arm gets the recipe of its best held-out NDS (never chosen on ``val``),
+   and the secondary arms (``depth`` and GeoMIM's ablations) get ``geomim``'s;
 5. finetuning cells, arm x protocol x seed, scored by the devkit on ``val``:
    ``full`` (the whole detector trains on ``train``, scored also at the learning curve's steps),
    ``probe`` (the encoder frozen, the rest trains on ``train``) and ``label`` (full finetuning on
@@ -60,11 +61,13 @@ PROTOCOLS = {  # train split, evaluation split, frozen encoder
     "probe": ("train", "val", True),
     "label": ("train_detect", "val", False),
 }
-SEARCH_ARMS = ("random", "geomim")
 # The finetuning recipes searched. "light" drops what the diagnosis found to hurt short runs (CBGS, the
-# previous frame, EMA, layer decay, drop path); "official" keeps BEVDet's recipe (with the tiny lr).
+# previous frame, EMA, layer decay, drop path); "light-layer-decay" keeps the official layer-wise lr decay
+# (0.8), which protects a pretrained encoder's early blocks; "official" keeps BEVDet's recipe.
+LIGHT = ["--no-cbgs", "--no-temporal", "--ema-decay", "0", "--drop-path-rate", "0"]
 RECIPES = {
-    "light": ["--no-cbgs", "--no-temporal", "--ema-decay", "0", "--layer-decay", "1.0", "--drop-path-rate", "0"],
+    "light": [*LIGHT, "--layer-decay", "1.0"],
+    "light-layer-decay": [*LIGHT, "--layer-decay", "0.8"],
     "official": [],
 }
 
@@ -94,10 +97,12 @@ BUDGETS = {
     # held-out scenes (docs/study_cpu). About 15 min per finetuning cell on 2 cores; the main comparison on 3
     # seeds and the secondary cells on one keep the grid near 8 h. Run it in pieces (--max-stages).
     "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=1500,
-                  curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3)), preset="geomim-small",
+                  curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
+                  preset="geomim-small",
                   out_indices=(1, 2, 3), secondary_seeds=1),
     "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
-                  curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3), ("official", 1e-3)),
+                  curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3),
+                                                  ("light-layer-decay", 1e-3), ("official", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8),
 }
 
@@ -147,11 +152,25 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
 
 
+def choose_recipes(scores: dict, search_arms, arms) -> dict:
+    """Each searched arm's recipe of best held-out NDS, once every candidate has scored it; the arms of
+    ``arms`` not searched take geomim's. ``scores``: {candidate: {"recipe", "learning_rate", "held_out_NDS":
+    {arm: NDS}}}."""
+    recipes = {}
+    for arm in search_arms:
+        if all(arm in score["held_out_NDS"] for score in scores.values()):
+            best = max(scores.values(), key=lambda score: score["held_out_NDS"][arm])
+            recipes[arm] = {"recipe": best["recipe"], "learning_rate": best["learning_rate"]}
+    if "geomim" in recipes:
+        recipes.update({arm: recipes["geomim"] for arm in arms if arm not in search_arms})
+    return recipes
+
+
 def read_json(path: str) -> dict | None:
     return json.load(open(path)) if os.path.isfile(path) else None
 
 
-def collect(out: str, args, budget: Budget, recipe: dict | None) -> dict:
+def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
     """results.json: the cells finished so far and their per-arm summaries."""
     found = []
     for arm, protocol, seed in cells(args, budget):
@@ -173,7 +192,7 @@ def collect(out: str, args, budget: Budget, recipe: dict | None) -> dict:
     teacher = read_json(os.path.join(teacher_dir(out, args), "metrics.json"))
     return {"budget": args.budget, "budget_settings": {k: v for k, v in vars(budget).items() if k != "extra"},
             "version": VERSION, "teacher": {k: teacher[k] for k in ("NDS", "mAP")} if teacher else None,
-            "recipe": recipe, "search": read_json(os.path.join(out, "search", "search.json")),
+            "recipes": recipes, "search": read_json(os.path.join(out, "search", "search.json")),
             "cells": found, "summary": summaries}
 
 
@@ -186,6 +205,10 @@ def write_results(out: str, results: dict) -> None:
         plot_learning_curve(results, os.path.join(out, "learning_curve.png"))
 
 
+def recipe_name(chosen: dict) -> str:
+    return f"{chosen['recipe']} lr {chosen['learning_rate']:g}"
+
+
 def _cell(entry: dict, key: str) -> str:
     mean, half = entry[key]["mean"], entry[key]["ci95"]
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
@@ -195,9 +218,16 @@ def results_markdown(results: dict) -> str:
     lines = [f"# GeoMIM study, budget `{results['budget']}`", ""]
     if results["teacher"]:
         lines.append(f"LiDAR teacher on val: NDS {results['teacher']['NDS']:.3f}, mAP {results['teacher']['mAP']:.3f}.")
-    if results["recipe"]:
-        lines.append(f"Finetuning recipe, the same for every arm (finetuned on train_track, chosen on the held-out "
-                     f"training scenes of train_detect): {results['recipe']}.")
+    if results["search"]:
+        candidates = list(results["search"])
+        lines += ["", "Recipe search, the same for every main arm: finetuned on train_track, NDS on the held-out "
+                  "training scenes of train_detect (never val); each arm takes its best, the secondary arms "
+                  "geomim's.", "", "| arm | " + " | ".join(candidates) + " | chosen |",
+                  "|---|" + "---|" * (len(candidates) + 1)]
+        for arm, chosen in results["recipes"].items():
+            if arm in MAIN_ARMS:
+                lines.append(f"| {arm} | " + " | ".join(f"{results['search'][c]['held_out_NDS'][arm]:.3f}"
+                                                       for c in candidates) + f" | {recipe_name(chosen)} |")
     lines += ["", "Mean ± half-width of the 95% t-interval over seeds; devkit `detection_cvpr_2019` on val.", ""]
     final = {}
     for entry in results["summary"]:
@@ -272,9 +302,9 @@ def main(argv=None) -> None:
             return
         if run_stage(*spec):
             stages_run += 1
-            write_results(out, collect(out, args, budget, recipe))
+            write_results(out, collect(out, args, budget, recipes))
 
-    recipe = read_json(os.path.join(out, "search", "recipe.json"))
+    recipes: dict = {}  # each arm's finetuning recipe, once the search has chosen it
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
         from geomim_hf.data.nuscenes_format import write_nuscenes
 
@@ -317,42 +347,41 @@ def main(argv=None) -> None:
         return [*RECIPES[chosen["recipe"]], "--learning-rate", str(chosen["learning_rate"]), "--warmup-steps", "50",
                 "--max-steps", str(budget.finetune_steps)]
 
-    # The recipe search on held-out training scenes.
+    # The recipe search on held-out training scenes, the same candidates for every main arm.
     search_dir = os.path.join(out, "search")
 
-    def search_cell(recipe_name: str, learning_rate: float, arm: str) -> str:
-        return os.path.join(search_dir, f"{recipe_name}-lr{learning_rate:g}-{arm}")
+    def search_cell(name: str, lr: float, arm: str) -> str:
+        return os.path.join(search_dir, f"{name}-lr{lr:g}-{arm}")
 
-    for recipe_name, learning_rate in budget.search:
-        for arm in SEARCH_ARMS:
+    search_arms = [arm for arm in MAIN_ARMS if arm in args.arms]
+    for name, lr in budget.search:
+        for arm in search_arms:
             ensure_pretrained(arm, 0)
-            candidate = {"recipe": recipe_name, "learning_rate": learning_rate}
-            stage(f"recipe search: {recipe_name}, lr {learning_rate:g}, {arm}", "finetune_detection.py",
-                  search_cell(recipe_name, learning_rate, arm),
+            candidate = {"recipe": name, "learning_rate": lr}
+            stage(f"recipe search: {name}, lr {lr:g}, {arm}", "finetune_detection.py", search_cell(name, lr, arm),
                   [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
                    *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json")
-    if recipe is None:
-        scores = {}
-        for recipe_name, learning_rate in budget.search:
-            found = [read_json(os.path.join(search_cell(recipe_name, learning_rate, arm), "metrics.json"))
-                     for arm in SEARCH_ARMS]
-            if all(found):
-                scores[f"{recipe_name} lr {learning_rate:g}"] = {
-                    "recipe": recipe_name, "learning_rate": learning_rate,
-                    "held_out_NDS": {arm: m["NDS"] for arm, m in zip(SEARCH_ARMS, found)},
-                    "mean_NDS": sum(m["NDS"] for m in found) / len(found)}
-        if len(scores) == len(budget.search):
-            best = max(scores.values(), key=lambda s: s["mean_NDS"])
-            recipe = {"recipe": best["recipe"], "learning_rate": best["learning_rate"]}
-            with open(os.path.join(search_dir, "search.json"), "w") as handle:
-                json.dump(scores, handle, indent=2)
-            with open(os.path.join(search_dir, "recipe.json"), "w") as handle:
-                json.dump(recipe, handle, indent=2)
-            print(f"recipe chosen on the held-out training scenes: {recipe}")
-    if recipe is None:
-        write_results(out, collect(out, args, budget, recipe))
-        print(f"stopped before the study: the recipe search is not complete ({stages_run} stages run)")
+    # Each searched arm's recipe, recomputed from the finished search cells on every run (so adding an arm
+    # later never changes the others'); the secondary arms take geomim's.
+    scores = {}
+    for name, lr in budget.search:
+        found = {arm: read_json(os.path.join(search_cell(name, lr, arm), "metrics.json")) for arm in search_arms}
+        scores[f"{name} lr {lr:g}"] = {"recipe": name, "learning_rate": lr,
+                                        **{f"held_out_{key}": {arm: m[key] for arm, m in found.items() if m}
+                                           for key in ("NDS", "mAP", "mATE")}}
+    recipes = choose_recipes(scores, search_arms, args.arms)
+    os.makedirs(search_dir, exist_ok=True)
+    for name, value in (("search.json", scores), ("recipes.json", recipes)):
+        with open(os.path.join(search_dir, name), "w") as handle:
+            json.dump(value, handle, indent=2)
+    missing = [arm for arm in args.arms if arm not in recipes]
+    if missing:
+        write_results(out, collect(out, args, budget, recipes))
+        print(f"stopped before the study: the recipe search is not complete for {missing} ({stages_run} stages "
+              "run; the secondary arms take geomim's recipe, so they need geomim in --arms)")
         return
+    print("recipes chosen on the held-out training scenes: "
+          + ", ".join(f"{arm} {recipe_name(r)}" for arm, r in recipes.items()))
 
     for arm, protocol, seed in cells(args, budget):
         ensure_pretrained(arm, seed)
@@ -361,9 +390,9 @@ def main(argv=None) -> None:
         stage(f"finetuning {arm}, {protocol}, seed {seed}", "finetune_detection.py",
               os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
               [*data, "--train-split", train_split, "--val-split", val_split, "--seed", str(seed), *init_of(arm, seed),
-               *finetune_flags(recipe), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json")
+               *finetune_flags(recipes[arm]), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json")
 
-    results = collect(out, args, budget, recipe)
+    results = collect(out, args, budget, recipes)
     write_results(out, results)
     total = len(list(cells(args, budget)))
     done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]})

@@ -46,6 +46,17 @@ def test_cells_run_the_main_comparison_first_and_the_secondary_on_fewer_seeds(tm
     assert everywhere == main + secondary + [(arm, protocol, 1) for arm, protocol, _ in secondary]
 
 
+def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims():
+    reproduce = _reproduce()
+    scores = {"a": {"recipe": "light", "learning_rate": 1e-3, "held_out_NDS": {"random": 0.2, "geomim": 0.1,
+                                                                              "pixel": 0.3}},
+              "b": {"recipe": "light", "learning_rate": 2e-3, "held_out_NDS": {"random": 0.1, "geomim": 0.4}}}
+    recipes = reproduce.choose_recipes(scores, ["random", "pixel", "geomim"], ["random", "pixel", "geomim", "depth"])
+    a, b = ({"recipe": "light", "learning_rate": lr} for lr in (1e-3, 2e-3))
+    assert recipes == {"random": a, "geomim": b, "depth": b}  # pixel lacks candidate b: not chosen yet
+    assert reproduce.choose_recipes(scores, ["random"], ["random", "depth"]) == {"random": a}
+
+
 def test_results_summarise_the_cells_found(tmp_path):
     reproduce = _reproduce()
     args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
@@ -62,7 +73,7 @@ def test_results_summarise_the_cells_found(tmp_path):
                  for step in ((2, 4) if protocol == "full" else (4,))}
         (folder / "learning_curve.json").write_text(json.dumps(curve))
         written[arm, protocol, seed] = curve
-    results = reproduce.collect(str(tmp_path), args, budget, {"recipe": "light", "learning_rate": 1e-3})
+    results = reproduce.collect(str(tmp_path), args, budget, {"random": {"recipe": "light", "learning_rate": 1e-3}})
     assert len(results["cells"]) == sum(len(c) for c in written.values())
     summary = {(e["arm"], e["protocol"], e["steps"]): e for e in results["summary"]}
     entry = summary["random", "full", 2]
@@ -83,7 +94,9 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["teacher"] is not None and results["recipe"] == {"recipe": "light", "learning_rate": 1e-3}
+    light = {"recipe": "light", "learning_rate": 1e-3}
+    assert results["teacher"] is not None and results["recipes"] == {"random": light, "geomim": light}
+    assert set(results["search"]["light lr 0.001"]["held_out_NDS"]) == {"random", "geomim"}
     found = {(c["arm"], c["protocol"], c["steps"]) for c in results["cells"]}
     assert found == {("random", "full", 2), ("random", "full", 4), ("geomim", "full", 2), ("geomim", "full", 4),
                      ("random", "probe", 4), ("geomim", "probe", 4)}
