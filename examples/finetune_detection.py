@@ -34,12 +34,12 @@ from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
     ema_multi_avg_fn,
-    infinite_batches,
     make_accelerator,
     make_schedule,
     optimizer_step,
     resume,
     save_checkpoint,
+    training_batches,
     training_summary,
 )
 
@@ -121,15 +121,15 @@ def main(argv=None) -> None:
     log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "finetuning", args.logging_steps,
                       ("heatmap_loss", "regression_loss", "attribute_loss", "depth_loss"))
     started = time.perf_counter()
-    for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
-        if step >= args.max_steps:
-            break
+    for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         with accelerator.accumulate(model):
             out = model(**{k: batch[k] for k in INPUTS if k in batch}, depth_labels=batch["depth_maps"])
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
-        if ema is not None and accelerator.sync_gradients:
-            ema.update_parameters(accelerator.unwrap_model(model))
         log.update(step, epoch, out, schedule.get_last_lr()[-1])
+        if not accelerator.sync_gradients:
+            continue  # the rest happens once per optimizer step
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
         if step + 1 in args.eval_steps and step + 1 < args.max_steps and args.val_split:
             score_on_the_way(args, accelerator, ema.module if ema is not None else accelerator.unwrap_model(model),
                              processor, step + 1)
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
             json.dump(metrics, handle, indent=2)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
                           eval_split=args.val_split, training=training_summary(
-                              args, accelerator, seconds, init=args.init, cbgs=not args.no_cbgs,
+                              args, accelerator, seconds, schedule, init=args.init, cbgs=not args.no_cbgs,
                               ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
                               temporal=config.det_temporal, frozen_encoder=args.freeze_encoder))
     accelerator.end_training()

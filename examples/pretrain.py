@@ -38,12 +38,12 @@ from geomim_hf.teachers import load_teacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
-    infinite_batches,
     make_accelerator,
     make_schedule,
     optimizer_step,
     resume,
     save_checkpoint,
+    training_batches,
     training_summary,
 )
 
@@ -127,9 +127,7 @@ def main(argv=None) -> None:
     log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "pretraining", args.logging_steps,
                       LOSS_NAMES[args.objective])
     started = time.perf_counter()
-    for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
-        if step >= args.max_steps:
-            break
+    for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         # The mask is one draw per step, shared by the batch and the processes: seeded by the step.
         mask = random_cell_mask(config, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
         target = None
@@ -143,6 +141,8 @@ def main(argv=None) -> None:
                         bool_masked_pos=mask)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])
+        if not accelerator.sync_gradients:
+            continue  # the rest happens once per optimizer step
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()
@@ -158,7 +158,8 @@ def main(argv=None) -> None:
             json.dump(summary, handle, indent=2)
         plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"))
         create_model_card(args.output_dir, training=training_summary(
-            args, accelerator, seconds, objective=args.objective, teacher=args.teacher, mask_ratio=config.mask_ratio,
+            args, accelerator, seconds, schedule, objective=args.objective, teacher=args.teacher,
+            mask_ratio=config.mask_ratio,
             **{"loss region": args.loss_region, "cross-view attention": not args.no_cross_view,
                "depth branch": not args.no_depth_branch}))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)

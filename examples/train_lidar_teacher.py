@@ -27,12 +27,12 @@ from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
-    infinite_batches,
     make_accelerator,
     make_schedule,
     optimizer_step,
     resume,
     save_checkpoint,
+    training_batches,
     training_summary,
 )
 
@@ -76,14 +76,14 @@ def main(argv=None) -> None:
     log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "teacher", args.logging_steps,
                       ("heatmap_loss", "regression_loss"))
     started = time.perf_counter()
-    for step, epoch, batch in infinite_batches(accelerator, loader, start_step, len(loader)):
-        if step >= args.max_steps:
-            break
+    for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         with accelerator.accumulate(model):
             out = model(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"], boxes=batch["boxes"],
                         velocities=batch["velocities"], labels=batch["labels"], box_mask=batch["box_mask"])
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])
+        if not accelerator.sync_gradients:
+            continue  # the rest happens once per optimizer step
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()
@@ -99,7 +99,8 @@ def main(argv=None) -> None:
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
-                          eval_split=args.val_split, training=training_summary(args, accelerator, train_seconds))
+                          eval_split=args.val_split, training=training_summary(
+                              args, accelerator, train_seconds, schedule))
     accelerator.end_training()
 
 

@@ -12,7 +12,7 @@ import shutil
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
 logger = get_logger(__name__)
 
@@ -29,29 +29,37 @@ def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--sweeps", type=int, default=9, help="earlier LiDAR sweeps merged into each keyframe")
-    parser.add_argument("--max-steps", type=int, default=max_steps)
+    parser.add_argument("--max-steps", type=int, default=max_steps,
+                        help="optimizer steps, each over --gradient-accumulation-steps batches")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    parser.add_argument("--warmup-steps", type=int, default=warmup_steps, help="optimizer steps")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--max-grad-norm", type=float, default=35.0)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=500, help="0: none")
+    parser.add_argument("--checkpointing-steps", type=int, default=500, help="optimizer steps between checkpoints; 0: none")
     parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    parser.add_argument("--logging-steps", type=int, default=logging_steps)
+    parser.add_argument("--logging-steps", type=int, default=logging_steps, help="optimizer steps between loss logs")
     parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
 
 
-def training_summary(args, accelerator: Accelerator, seconds: float, **extra) -> dict:
-    """How a run trained, for its model card: the data, the schedule and the time it took."""
-    return {"data": f"{args.dataset} {args.version} {args.train_split} ({args.sweeps} sweeps)",
-            "steps": args.max_steps, "batch size": f"{args.batch_size} x {accelerator.num_processes} processes x "
-            f"{args.gradient_accumulation_steps} accumulation", "optimizer": f"AdamW, lr {args.learning_rate}, "
-            f"weight decay {args.weight_decay}, {args.warmup_steps} warmup steps, cosine",
-            "mixed precision": args.mixed_precision, "seed": args.seed, "train seconds": round(seconds, 1), **extra}
+def training_summary(args, accelerator: Accelerator, seconds: float, schedule=None, **extra) -> dict:
+    """How a run trained, for its model card: the data, the schedule and the time it took. ``steps`` are
+    optimizer steps, each over ``gradient_accumulation_steps`` batches; given the run's ``schedule``,
+    also the optimizer steps it took (resumed runs included) and the learning rate it ended at."""
+    summary = {"data": f"{args.dataset} {args.version} {args.train_split} ({args.sweeps} sweeps)",
+               "steps": args.max_steps,
+               "batch size": f"{args.batch_size} x {accelerator.num_processes} processes x "
+               f"{args.gradient_accumulation_steps} accumulation", "optimizer": f"AdamW, lr {args.learning_rate}, "
+               f"weight decay {args.weight_decay}, {args.warmup_steps} warmup steps, cosine",
+               "mixed precision": args.mixed_precision, "seed": args.seed, "train seconds": round(seconds, 1)}
+    if schedule is not None:  # a prepared scheduler steps once per process and optimizer step
+        summary["optimizer_steps"] = getattr(schedule, "scheduler", schedule).last_epoch // accelerator.num_processes
+        summary["final_learning_rate"] = schedule.get_last_lr()[0]
+    return {**summary, **extra}
 
 
 def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 1 / 3, final: float = 1e-3):
@@ -108,8 +116,10 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, loss: t
 
 class TrainingLog:
     """A progress bar, the tracker logs and a JSON-lines loss history (``loss_history.jsonl``), all on
-    the main process; a resumed run appends to the same history. Every ``logging_steps`` (and at the
-    last step) it records ``loss``, the output's ``loss_names``, the learning rate and the epoch."""
+    the main process; a resumed run appends to the same history. Called after every batch; every
+    ``logging_steps`` optimizer steps (and at the last) it records ``loss`` and the output's
+    ``loss_names``, each the mean over the step's accumulated batches, with the learning rate and the
+    epoch."""
 
     def __init__(self, accelerator: Accelerator, output_dir: str, total: int, initial: int, description: str,
                  logging_steps: int, loss_names: tuple[str, ...]):
@@ -120,13 +130,22 @@ class TrainingLog:
         self.path = os.path.join(output_dir, "loss_history.jsonl")
         self.progress = tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process)
         self.history = open(self.path, "a") if accelerator.is_main_process else None
+        self.sums, self.batches = None, 0  # the current optimizer step's losses so far
 
     def update(self, step: int, epoch: int, output, learning_rate: float) -> None:
-        """After ``step`` (0-based): advance the bar and, when due, record the losses under step + 1."""
+        """After a batch of optimizer step ``step`` (0-based): add its losses; once the step is taken,
+        advance the bar and, when due, record the means under step + 1."""
+        losses = [getattr(output, name).detach() for name in self.loss_names]
+        self.sums = losses if self.sums is None else [a + b for a, b in zip(self.sums, losses)]
+        self.batches += 1
+        if not self.accelerator.sync_gradients:
+            return
+        sums, batches = self.sums, self.batches
+        self.sums, self.batches = None, 0
         self.progress.update(1)
         if (step + 1) % self.logging_steps and step + 1 != self.total:
             return
-        logs = {name: getattr(output, name).item() for name in self.loss_names}
+        logs = {name: (value / batches).item() for name, value in zip(self.loss_names, sums)}
         logs.update(lr=learning_rate, epoch=epoch)
         self.accelerator.log(logs, step=step + 1)
         self.progress.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -144,9 +163,13 @@ def make_accelerator(output_dir: str, mixed_precision: str, gradient_accumulatio
                      seed: int) -> Accelerator:
     """Accelerator with seedable data order (resume replays the same batches) and trackers."""
     os.makedirs(output_dir, exist_ok=True)
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"--gradient-accumulation-steps must be at least 1, got {gradient_accumulation_steps}")
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
+        # Every optimizer step sums exactly this many batches, across epoch ends too (training_batches).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
         log_with=None if report_to in (None, "none") else report_to,
         project_config=ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
@@ -215,20 +238,29 @@ def resume(accelerator: Accelerator, output_dir: str, resume_from: str | None) -
     return step
 
 
-def infinite_batches(accelerator: Accelerator, dataloader, start_step: int, batches_per_epoch: int):
-    """Yield ``(step, epoch, batch)`` forever from ``start_step``: each epoch reseeds the data order and
-    the augmentations (``set_epoch``), and a resumed run skips the batches already seen this epoch."""
-    step = start_step
-    while True:
-        epoch, seen = divmod(step, batches_per_epoch)
+def training_batches(accelerator: Accelerator, dataloader, start_step: int, max_steps: int):
+    """Yield ``(step, epoch, batch)`` for the optimizer steps ``start_step .. max_steps - 1``: each
+    optimizer step takes ``accelerator.gradient_accumulation_steps`` batches, all yielded under its
+    ``step``, so steps, schedule and checkpoints count optimizer steps whatever the accumulation. Each
+    epoch reseeds the data order and the augmentations (``set_epoch``), and a resumed run skips the
+    batches already seen this epoch. Needs the accelerator of :func:`make_accelerator`, whose
+    accumulation runs across epoch ends (with Accelerate's default, an epoch's last batch would force
+    a short step)."""
+    accumulation = accelerator.gradient_accumulation_steps
+    batches_per_epoch = len(dataloader)
+    index = start_step * accumulation  # the next batch to yield, counted from the run's start
+    while index < max_steps * accumulation:
+        epoch, seen = divmod(index, batches_per_epoch)
         dataloader.set_epoch(epoch)
         dataset = getattr(dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         loader = accelerator.skip_first_batches(dataloader, seen) if seen else dataloader
         for batch in loader:
-            yield step, epoch, batch
-            step += 1
+            yield index // accumulation, epoch, batch
+            index += 1
+            if index >= max_steps * accumulation:
+                return
 
 
 def move_batch(batch: dict, device: torch.device) -> dict:

@@ -13,6 +13,7 @@ import torch
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMModel
 from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.teacher_cache import TeacherFeatureCache
+from geomim_hf.training import cosine_lr_lambda
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -57,6 +58,37 @@ def test_pretrain_saves_a_model_and_resumes_exactly(nuscenes_root, teacher_dir, 
     resumed = _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "4",
                         "--resume-from-checkpoint", "latest")
     assert resumed == straight
+
+
+def test_steps_count_optimizer_steps_under_gradient_accumulation(nuscenes_root, teacher_dir, tmp_path):
+    """Accumulating 2 batches of 1 is one optimizer step over a batch of 2: the same schedule, losses and
+    weights (the pixel objective's loss is a mean over samples with equally many masked cells, and no
+    BatchNorm); resuming mid-run under accumulation changes nothing."""
+    from safetensors.torch import load_file
+
+    flags = ("--objective", "pixel", "--max-steps", "4", "--learning-rate", "1e-3")
+    whole = _pretrain(nuscenes_root, teacher_dir, tmp_path / "whole", *flags, "--batch-size", "2")
+    accumulated = _pretrain(nuscenes_root, teacher_dir, tmp_path / "accumulated", *flags,
+                            "--gradient-accumulation-steps", "2")
+    assert [r["step"] for r in accumulated] == [1, 2, 3, 4]
+    multiplier = cosine_lr_lambda(warmup_steps=2, total_steps=4)
+    for run in (whole, accumulated):  # lr logged after step s is the schedule's value at s
+        assert [r["lr"] for r in run] == pytest.approx([1e-3 * multiplier(s) for s in (1, 2, 3, 4)])
+    assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in whole], rel=1e-4)
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in ("whole", "accumulated")}
+    for key, value in weights["whole"].items():
+        torch.testing.assert_close(weights["accumulated"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    summary = json.load(open(tmp_path / "accumulated" / "training_summary.json"))
+    assert summary["optimizer_steps"] == 4 and summary["final_learning_rate"] == pytest.approx(1e-3 * 1e-3)
+    assert sorted(p.name for p in (tmp_path / "accumulated").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", *flags, "--gradient-accumulation-steps", "2",
+              "--max-steps", "2")
+    resumed = _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", *flags, "--gradient-accumulation-steps",
+                        "2", "--resume-from-checkpoint", "latest")
+    assert resumed == accumulated
+    resumed_weights = load_file(tmp_path / "stopped" / "model.safetensors")
+    assert all(torch.equal(resumed_weights[k], v) for k, v in weights["accumulated"].items())
 
 
 def test_pretrain_runs_as_two_cpu_processes(nuscenes_root, teacher_dir, tmp_path):
