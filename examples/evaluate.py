@@ -18,7 +18,7 @@ import torch
 from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes
 from geomim_hf.data.visualize import plot_detections
-from geomim_hf.evaluation import evaluate_nuscenes, format_metrics, predict_detections, write_nuscenes_submission
+from geomim_hf.evaluation import evaluate_detector, predict_detections
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 
@@ -41,20 +41,20 @@ def main(argv=None) -> None:
     os.makedirs(output_dir, exist_ok=True)
     model = GeoMIMForBEVDetection.from_pretrained(args.model).to(args.device).eval()
     processor = GeoMIMImageProcessor.from_pretrained(args.model)
-    rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names)
-    predictions, samples = predict_detections(model, rows, processor, args.batch_size, args.score_threshold)
-    path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"),
-                                     classes=model.config.class_names)
-    metrics = evaluate_nuscenes(args.dataroot, args.version, args.split, path, os.path.join(output_dir, "nuscenes_eval"))
-    print(format_metrics(metrics))
+    metrics = evaluate_detector(model, args.dataroot, args.version, args.split, output_dir, processor,
+                                batch_size=args.batch_size, score_threshold=args.score_threshold)
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results
         create_model_card(args.model, metrics=metrics, eval_version=args.version, eval_split=args.split)
-    for index in range(min(args.plot, len(rows))):
-        picture = plot_detections(rows[index], predictions[index], os.path.join(output_dir, f"detections_{index}.png"),
-                                  model.config.class_names, score_threshold=args.plot_threshold)
-        print(f"drew {picture}")
+    if args.plot:  # the first samples again, kept with their rows for the pictures
+        rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names)
+        rows = rows.select(range(min(args.plot, len(rows))))
+        predictions, _ = predict_detections(model, rows, processor, args.batch_size, args.score_threshold)
+        for index, (row, prediction) in enumerate(zip(rows, predictions)):
+            picture = plot_detections(row, prediction, os.path.join(output_dir, f"detections_{index}.png"),
+                                      model.config.class_names, score_threshold=args.plot_threshold)
+            print(f"drew {picture}")
     print(f"results in {output_dir}")
 
 

@@ -18,10 +18,10 @@ import time
 
 import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.evaluation import evaluate_detector
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.training import (
@@ -95,38 +95,14 @@ def main(argv=None) -> None:
         model.save_pretrained(args.output_dir)
         metrics = {"train_seconds": round(train_seconds, 1), "steps": args.max_steps}
         if args.val_split:
-            metrics.update(evaluate(model, args, config))
+            metrics.update(evaluate_detector(model, args.dataroot, args.version, args.val_split, args.output_dir,
+                                             GeoMIMImageProcessor(), sweeps=args.sweeps, batch_size=args.batch_size))
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
                           eval_split=args.val_split, training=training_summary(
                               args, accelerator, train_seconds, schedule))
     accelerator.end_training()
-
-
-@torch.no_grad()
-def evaluate(model, args, config) -> dict:
-    """Devkit NDS/mAP of the teacher on the validation split."""
-    from geomim_hf.evaluation import evaluate_nuscenes, format_metrics, write_nuscenes_submission
-
-    rows = load_nuscenes(args.dataroot, args.version, args.val_split, sweeps=args.sweeps, classes=config.class_names)
-    loader = make_dataloader(rows, GeoMIMImageProcessor(), batch_size=args.batch_size, with_images=False)
-    model.eval()
-    predictions, samples = [], []
-    for batch in tqdm(loader, desc="evaluating teacher"):
-        outputs = model(batch["lidar_points"].to(model.device), batch["ego_from_lidar"].to(model.device),
-                        batch["point_mask"].to(model.device))
-        for result, token, global_from_ego in zip(model.post_process(outputs, score_threshold=0.05),
-                                                  batch["sample_token"], batch["global_from_ego"]):
-            predictions.append({k: v.cpu() for k, v in result.items()})
-            samples.append({"sample_token": token, "global_from_ego": global_from_ego.numpy()})
-    path = write_nuscenes_submission(predictions, samples, os.path.join(args.output_dir, "results_nusc.json"),
-                                     meta={"use_camera": False, "use_lidar": True, "use_radar": False,
-                                           "use_map": False, "use_external": False}, classes=config.class_names)
-    metrics = evaluate_nuscenes(args.dataroot, args.version, args.val_split, path,
-                                os.path.join(args.output_dir, "nuscenes_eval"))
-    print(format_metrics(metrics))
-    return metrics
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from .records import (
     ATTRIBUTE_NAMES,
     SampleError,
     build_split,
-    records_or_skip,
-    check_file,
+    check_box_size,
     check_image,
     check_matrix,
+    check_points_file,
+    check_rotation,
+    records_or_skip,
     sample_features,
     with_lidar_points,
 )
@@ -105,9 +107,7 @@ class _SampleReader:
         """global_from_ego (4, 4) of a sample_data record, checked."""
         pose = self.nusc.get("ego_pose", record["ego_pose_token"])
         label = f"{where}: ego_pose {pose['token']} field"
-        rotation = check_matrix(pose["rotation"], (4,), f"{label} rotation")
-        if abs(np.linalg.norm(rotation) - 1.0) > 1e-3:
-            raise SampleError(f"{label} rotation is not a unit quaternion: {rotation.tolist()}")
+        rotation = check_rotation(pose["rotation"], f"{label} rotation")
         return make_transform(quaternion_to_matrix(rotation), check_matrix(pose["translation"], (3,),
                                                                            f"{label} translation"))
 
@@ -115,7 +115,7 @@ class _SampleReader:
         """ego_from_sensor (4, 4) and the calibrated_sensor record, checked."""
         sensor = self.nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
         label = f"{where}: calibrated_sensor {sensor['token']} field"
-        rotation = check_matrix(sensor["rotation"], (4,), f"{label} rotation")
+        rotation = check_rotation(sensor["rotation"], f"{label} rotation")
         translation = check_matrix(sensor["translation"], (3,), f"{label} translation")
         return make_transform(quaternion_to_matrix(rotation), translation), sensor
 
@@ -126,7 +126,7 @@ class _SampleReader:
             raise SampleError(f"sample {token} has no LIDAR_TOP data; it has {sorted(sample['data'])}")
         lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
         where = f"sample {token} LIDAR_TOP"
-        lidar_path = check_file(os.path.join(nusc.dataroot, lidar["filename"]), where)
+        lidar_path = check_points_file(os.path.join(nusc.dataroot, lidar["filename"]), where)
         ego_from_lidar, _ = self.calibration(lidar, where)
         global_from_ego = self.pose(lidar, where)
         ego_from_global = invert_rigid(global_from_ego)
@@ -152,7 +152,7 @@ class _SampleReader:
         while len(sweep_paths) < config.sweeps and record["prev"]:
             record = nusc.get("sample_data", record["prev"])
             where = f"sample {token} LIDAR_TOP sweep {record['token']}"
-            sweep_paths.append(check_file(os.path.join(nusc.dataroot, record["filename"]), where))
+            sweep_paths.append(check_points_file(os.path.join(nusc.dataroot, record["filename"]), where))
             ego_from_sweep, _ = self.calibration(record, where)
             lidar_from_sweeps.append(lidar_from_global @ self.pose(record, where) @ ego_from_sweep)
             lags.append((lidar["timestamp"] - record["timestamp"]) * 1e-6)
@@ -165,8 +165,8 @@ class _SampleReader:
                 continue
             where = f"sample {token}: sample_annotation {annotation_token} field"
             center = check_matrix(annotation["translation"], (3,), f"{where} translation")
-            width, length, height = check_matrix(annotation["size"], (3,), f"{where} size")
-            rotation = quaternion_to_matrix(check_matrix(annotation["rotation"], (4,), f"{where} rotation"))
+            width, length, height = check_box_size(annotation["size"], f"{where} size")
+            rotation = quaternion_to_matrix(check_rotation(annotation["rotation"], f"{where} rotation"))
             yaw = yaw_of(ego_from_global[:3, :3] @ rotation)
             boxes.append([*transform_points(ego_from_global, center), length, width, height, yaw])
             velocity = nusc.box_velocity(annotation_token)  # global frame, NaN where unknown

@@ -22,6 +22,7 @@ z up); ``lidar`` and ``camera`` (x right, y down, z forward) are the sensors. Co
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -85,31 +86,93 @@ def check_matrix(value, shape: tuple[int, ...], where: str) -> np.ndarray:
     return array
 
 
+def check_rotation(value, where: str) -> np.ndarray:
+    """A finite unit quaternion (w, x, y, z), or a :class:`SampleError` naming ``where``: a zero or
+    scaled quaternion would turn into a NaN or non-rigid transform silently."""
+    quaternion = check_matrix(value, (4,), where)
+    if abs(np.linalg.norm(quaternion) - 1.0) > 1e-3:
+        raise SampleError(f"{where} is not a unit quaternion: {quaternion.tolist()}")
+    return quaternion
+
+
+def check_rigid(value, where: str) -> np.ndarray:
+    """A finite rigid transform (4, 4) given as 16 row-major values: orthonormal rotation with
+    determinant 1 and last row (0, 0, 0, 1), or a :class:`SampleError` naming ``where``."""
+    matrix = check_matrix(value, (16,), where).reshape(4, 4)
+    rotation = matrix[:3, :3]
+    if (np.abs(rotation.T @ rotation - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(rotation) - 1.0) > 1e-3
+            or np.abs(matrix[3] - (0.0, 0.0, 0.0, 1.0)).max() > 1e-6):
+        raise SampleError(f"{where} is not a rigid transform: {matrix.tolist()}")
+    return matrix
+
+
+def check_box_size(value, where: str) -> np.ndarray:
+    """Three finite, positive box dimensions, or a :class:`SampleError` naming ``where``."""
+    size = check_matrix(value, (3,), where)
+    if not np.all(size > 0):
+        raise SampleError(f"{where} is not positive: {size.tolist()}")
+    return size
+
+
+def check_points_file(path: str, where: str, dims: int = POINT_DIMS) -> str:
+    """A LiDAR file of whole float32 rows of ``dims``: checks the byte count (a cut that leaves whole
+    floats is still a cut)."""
+    check_file(path, where)
+    row_bytes = 4 * dims
+    size = os.path.getsize(path)
+    if size % row_bytes:
+        raise SampleError(f"{where}: LiDAR file {path} holds {size} bytes, not a multiple of {row_bytes} "
+                          f"({dims} float32 per point); is it cut short?")
+    return path
+
+
 def check_file(path: str, where: str) -> str:
     if not os.path.isfile(path):
         raise SampleError(f"{where}: file {path} is missing")
     return path
 
 
-def check_image(path: str, where: str) -> str:
-    """Fails on a missing file or one PIL cannot identify as an image (reads the header only)."""
+# The markers an encoded image ends with: a cut file still parses its header, then fails to decode.
+IMAGE_END = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xae\x42\x60\x82"}
+
+
+def check_image_data(source: str | bytes, where: str) -> None:
+    """Fails on an image (a path or the encoded bytes) PIL cannot identify (a header parse), or a JPEG
+    or PNG cut short (its end marker missing from the last kilobyte), without decoding the pixels."""
     from PIL import Image, UnidentifiedImageError
 
-    check_file(path, where)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.size  # noqa: B018 - header parse
+            image_format = image.format
     except (UnidentifiedImageError, OSError) as error:
-        raise SampleError(f"{where}: image {path} cannot be read ({error})") from error
+        raise SampleError(f"{where} cannot be read as an image ({error})") from error
+    if image_format not in IMAGE_END:
+        return
+    if isinstance(source, bytes):
+        tail = source[-1024:]
+    else:
+        with open(source, "rb") as handle:
+            handle.seek(max(os.path.getsize(source) - 1024, 0))
+            tail = handle.read()
+    if IMAGE_END[image_format] not in tail:
+        raise SampleError(f"{where} is a {image_format} cut short (its end marker is missing)")
+
+
+def check_image(path: str, where: str) -> str:
+    """Fails on a missing file, one PIL cannot identify as an image, or a JPEG or PNG cut short."""
+    check_file(path, where)
+    check_image_data(path, f"{where}: image {path}")
     return path
 
 
 def read_points(path: str, dims: int = POINT_DIMS) -> np.ndarray:
     """A ``.pcd.bin``-style file of float32 rows: (M, dims)."""
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % dims:
-        raise SampleError(f"LiDAR file {path} holds {raw.size} floats, not a multiple of {dims}")
-    return raw.reshape(-1, dims)
+    size = os.path.getsize(path)
+    if size % (4 * dims):
+        raise SampleError(f"LiDAR file {path} holds {size} bytes, not a multiple of {4 * dims} ({dims} float32 "
+                          "per point)")
+    return np.fromfile(path, dtype=np.float32).reshape(-1, dims)
 
 
 def merge_sweeps(example: dict) -> np.ndarray:

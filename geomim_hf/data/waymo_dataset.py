@@ -16,7 +16,6 @@ the other four LiDARs and the second return. LiDAR intensities are Waymo's raw v
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,10 @@ from .records import (
     POINT_DIMS,
     SampleError,
     build_split,
+    check_box_size,
+    check_image_data,
     check_matrix,
+    check_rigid,
     records_or_skip,
     sample_features,
     with_lidar_points,
@@ -182,8 +184,8 @@ class _SegmentReader:
         rows = self.poses.get(timestamp, [])
         if len(rows) != 1:
             raise SampleError(f"{self.where(timestamp)}: vehicle_pose has {len(rows)} rows, expected 1")
-        return check_matrix(rows[0][WORLD_FROM_VEHICLE], (16,),
-                            f"{self.where(timestamp)}: vehicle_pose field {WORLD_FROM_VEHICLE}").reshape(4, 4)
+        return check_rigid(rows[0][WORLD_FROM_VEHICLE],
+                           f"{self.where(timestamp)}: vehicle_pose field {WORLD_FROM_VEHICLE}")
 
     def lidar_calibration(self, timestamp: int) -> dict:
         if len(self.lidar_calibrations) != 1:
@@ -193,8 +195,8 @@ class _SegmentReader:
 
     def ego_from_lidar(self, timestamp: int) -> np.ndarray:
         calibration = self.lidar_calibration(timestamp)
-        return check_matrix(calibration[LIDAR_EXTRINSIC], (16,),
-                            f"{self.where(timestamp)}: lidar_calibration TOP field {LIDAR_EXTRINSIC}").reshape(4, 4)
+        return check_rigid(calibration[LIDAR_EXTRINSIC],
+                           f"{self.where(timestamp)}: lidar_calibration TOP field {LIDAR_EXTRINSIC}")
 
     def lidar_frame(self, timestamp: int) -> tuple[str, np.ndarray]:
         """The points file and global_from_lidar (4, 4) of a frame's TOP LiDAR, converting once."""
@@ -267,17 +269,16 @@ class _SegmentReader:
             if name not in calibrations:
                 raise SampleError(f"{where}: camera_calibration has no {name} row; it has {sorted(calibrations)}")
             image, calibration = rows[name], calibrations[name]
-            images.append({"path": None, "bytes": _check_jpeg(image[IMAGE], f"{where}: camera_image {name}")})
+            images.append({"path": None, "bytes": _check_image(image[IMAGE], f"{where}: camera_image {name}")})
             f_u, f_v, c_u, c_v = (calibration[INTRINSIC.format(k)] for k in ("f_u", "f_v", "c_u", "c_v"))
             intrinsics.append(check_matrix([[f_u, 0.0, c_u], [0.0, f_v, c_v], [0.0, 0.0, 1.0]], (3, 3),
                                            f"{where}: camera_calibration {name} field {INTRINSIC.format('*')}"))
-            vehicle_from_camera = check_matrix(calibration[CAMERA_EXTRINSIC], (16,),
-                                               f"{where}: camera_calibration {name} field {CAMERA_EXTRINSIC}")
+            vehicle_from_camera = check_rigid(calibration[CAMERA_EXTRINSIC],
+                                              f"{where}: camera_calibration {name} field {CAMERA_EXTRINSIC}")
             # The image's own pose: the camera fired after the frame time, with the car elsewhere.
-            world_from_vehicle_then = check_matrix(image[IMAGE_POSE], (16,),
-                                                   f"{where}: camera_image {name} field {IMAGE_POSE}")
-            ego_from_camera.append(ego_from_world @ world_from_vehicle_then.reshape(4, 4)
-                                   @ vehicle_from_camera.reshape(4, 4) @ WAYMO_FROM_OPENCV_CAMERA)
+            world_from_vehicle_then = check_rigid(image[IMAGE_POSE], f"{where}: camera_image {name} field {IMAGE_POSE}")
+            ego_from_camera.append(ego_from_world @ world_from_vehicle_then @ vehicle_from_camera
+                                   @ WAYMO_FROM_OPENCV_CAMERA)
         return images, intrinsics, ego_from_camera
 
     def read(self, index: int) -> dict:
@@ -303,7 +304,7 @@ class _SegmentReader:
                 continue
             where = f"{self.where(timestamp)}: lidar_box {row[KEY_OBJECT]} field"
             center = check_matrix([row[BOX.format(f"box.center.{a}")] for a in "xyz"], (3,), f"{where} box.center")
-            size = check_matrix([row[BOX.format(f"box.size.{a}")] for a in "xyz"], (3,), f"{where} box.size")
+            size = check_box_size([row[BOX.format(f"box.size.{a}")] for a in "xyz"], f"{where} box.size")
             heading = check_matrix(row[BOX.format("box.heading")], (), f"{where} box.heading")
             boxes.append([*center, *size, heading])  # size.x is the length along the heading
             velocities.append(np.array([row[BOX.format(f"speed.{a}")] for a in "xy"], np.float64))  # null: NaN
@@ -336,17 +337,11 @@ class _SegmentReader:
         }
 
 
-def _check_jpeg(data: bytes | None, where: str) -> bytes:
-    """The encoded image, or a :class:`SampleError` if PIL cannot identify it (reads the header only)."""
-    from PIL import Image, UnidentifiedImageError
-
+def _check_image(data: bytes | None, where: str) -> bytes:
+    """The encoded image, or a :class:`SampleError` if it is empty, unreadable or cut short."""
     if not data:
         raise SampleError(f"{where}: field {IMAGE} is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.size  # noqa: B018 - header parse
-    except (UnidentifiedImageError, OSError) as error:
-        raise SampleError(f"{where}: field {IMAGE} cannot be read as an image ({error})") from error
+    check_image_data(data, f"{where}: field {IMAGE}")
     return data
 
 

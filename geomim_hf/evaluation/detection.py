@@ -8,26 +8,34 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import load_nuscenes, make_dataloader
-from .nuscenes import evaluate_nuscenes, format_metrics, write_nuscenes_submission
+from .nuscenes import DEFAULT_META, evaluate_nuscenes, format_metrics, write_nuscenes_submission
 
-# What the detector reads from a batch, besides its targets.
-DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "prev_pixel_values",
-          "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform", "ego_from_prev_ego")
+# What the detectors read from a batch, besides their targets: the camera detector and the LiDAR teacher.
+DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform",
+                   "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform",
+                   "ego_from_prev_ego")
+LIDAR_DETECTOR_INPUTS = ("lidar_points", "ego_from_lidar", "point_mask")
+
+
+def reads_lidar(model) -> bool:
+    """Whether ``model`` detects from LiDAR points (the teacher) rather than from the cameras."""
+    return model.main_input_name == "lidar_points"
 
 
 @torch.no_grad()
 def predict_detections(model, rows, processor, batch_size: int = 4, score_threshold: float | None = None,
                        num_workers: int = 0) -> tuple[list[dict], list[dict]]:
     """Predictions (ego frame, CPU tensors) and the matching samples (token, global_from_ego) of every
-    row, without augmentation."""
-    temporal = model.config.det_temporal
-    loader = make_dataloader(rows, processor, batch_size, training=False, with_targets=False, temporal=temporal,
-                             num_workers=num_workers)
+    row, without augmentation, from a camera detector or a LiDAR one."""
+    lidar = reads_lidar(model)
+    loader = make_dataloader(rows, processor, batch_size, training=False, with_targets=False, with_images=not lidar,
+                             temporal=not lidar and model.config.det_temporal, num_workers=num_workers)
+    names = LIDAR_DETECTOR_INPUTS if lidar else DETECTOR_INPUTS
     was_training = model.training
     model.eval()
     predictions, samples = [], []
     for batch in tqdm(loader, desc="detecting"):
-        inputs = {k: batch[k].to(model.device) for k in DETECTOR_INPUTS if k in batch}
+        inputs = {k: batch[k].to(model.device) for k in names if k in batch}
         results = model.post_process(model(**inputs), score_threshold=score_threshold)
         for result, token, global_from_ego in zip(results, batch["sample_token"], batch["global_from_ego"]):
             predictions.append({k: v.cpu() for k, v in result.items()})
@@ -39,11 +47,15 @@ def predict_detections(model, rows, processor, batch_size: int = 4, score_thresh
 def evaluate_detector(model, dataroot: str, version: str, split: str, output_dir: str, processor, sweeps: int = 0,
                       batch_size: int = 4, score_threshold: float = 0.05, verbose: bool = True,
                       cache_dir: str | None = None) -> dict:
-    """Detect on ``split``, write ``output_dir/results_nusc.json`` and return the devkit's metrics."""
+    """Detect on ``split`` with a camera or LiDAR detector, write ``output_dir/results_nusc.json`` and
+    return the devkit's metrics. ``sweeps``: the LiDAR sweeps a LiDAR detector reads (a camera detector
+    reads none)."""
+    lidar = reads_lidar(model)
     rows = load_nuscenes(dataroot, version, split, sweeps=sweeps, classes=model.config.class_names,
                          cache_dir=cache_dir)
     predictions, samples = predict_detections(model, rows, processor, batch_size, score_threshold)
-    path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"),
+    meta = {**DEFAULT_META, "use_camera": not lidar, "use_lidar": lidar}
+    path = write_nuscenes_submission(predictions, samples, os.path.join(output_dir, "results_nusc.json"), meta=meta,
                                      classes=model.config.class_names)
     metrics = evaluate_nuscenes(dataroot, version, split, path, os.path.join(output_dir, "nuscenes_eval"))
     if verbose:

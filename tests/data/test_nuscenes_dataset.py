@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -170,6 +171,55 @@ def test_bad_inputs_name_the_sample_and_the_field(nuscenes_root, tmp_path):
     before = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", cache_dir=cache, decode_lidar=False)
     skipped = load(on_error="skip")
     assert len(skipped) == len(before) - 1 and victim["sample_token"] not in skipped["sample_token"]
+
+
+def _keyframe_data(world, channel):
+    """The first mini_val keyframe's sample_data record of ``channel``."""
+    samples = {s["token"]: s for s in json.load(open(os.path.join(world, "v1.0-mini", "sample.json")))}
+    val = load_nuscenes(world, "v1.0-mini", "mini_val", cache_dir=os.path.join(world, "..", "clean"),
+                        decode_lidar=False)["sample_token"]
+    sample_data = json.load(open(os.path.join(world, "v1.0-mini", "sample_data.json")))
+    first = next(t for t in val if t in samples)
+    return next(d for d in sample_data if d["sample_token"] == first and d["is_key_frame"]
+                and d["filename"].startswith(f"samples/{channel}/")), val
+
+
+@pytest.mark.parametrize("case", ["zero camera rotation", "negative box size", "LiDAR file cut short"])
+def test_degenerate_values_and_cut_files_name_the_sample(nuscenes_root, nusc, tmp_path, case):
+    """Inputs that used to load silently: a zero quaternion (NaN ego_from_camera), a negative box size,
+    a .pcd.bin cut to a whole number of floats but not of points."""
+    if case == "LiDAR file cut short":  # sensor files copied, not linked: one is edited
+        world = str(tmp_path / "world")
+        shutil.copytree(nuscenes_root, world)
+    else:
+        world = _copy_world(nuscenes_root, tmp_path / "world")
+    camera, val = _keyframe_data(world, "CAM_BACK")
+    lidar, _ = _keyframe_data(world, "LIDAR_TOP")
+    victim = lidar["sample_token"]
+    if case == "zero camera rotation":
+        token = camera["calibrated_sensor_token"]
+        _edit_table(world, "calibrated_sensor", lambda rows: [r.update(rotation=[0, 0, 0, 0]) for r in rows
+                                                              if r["token"] == token])
+        message = f"sample {victim} CAM_BACK: calibrated_sensor {token} field rotation is not a unit quaternion"
+    elif case == "negative box size":
+        token = next(t for t in nusc.get("sample", victim)["anns"]
+                     if category_to_detection_name(nusc.get("sample_annotation", t)["category_name"]))
+        _edit_table(world, "sample_annotation", lambda rows: [r.update(size=[-r["size"][0], *r["size"][1:]])
+                                                              for r in rows if r["token"] == token])
+        message = f"sample {victim}: sample_annotation {token} field size is not positive"
+    else:
+        path = os.path.join(world, lidar["filename"])
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) - 8])  # two floats short: whole floats, not whole points
+        message = f"sample {victim} LIDAR_TOP: LiDAR file {path} holds {len(data) - 8} bytes, not a multiple of 20"
+    cache = str(tmp_path / "cache")
+    with pytest.raises(SampleError, match=re.escape(message)):
+        load_nuscenes(world, "v1.0-mini", "mini_val", cache_dir=cache, decode_lidar=False)
+    skipped = load_nuscenes(world, "v1.0-mini", "mini_val", cache_dir=cache, decode_lidar=False, on_error="skip")
+    affected = {victim} if case != "zero camera rotation" else {
+        d["sample_token"] for d in json.load(open(os.path.join(world, "v1.0-mini", "sample_data.json")))
+        if d["calibrated_sensor_token"] == camera["calibrated_sensor_token"] and d["is_key_frame"]}
+    assert skipped["sample_token"] == [t for t in val if t not in affected]
 
 
 def test_missing_and_corrupt_files_and_tables(nuscenes_root, tmp_path):

@@ -24,6 +24,7 @@ TYPE_CLASSES = {1: "vehicle", 2: "pedestrian", 4: "cyclist"}
 POSE = "[VehiclePoseComponent].world_from_vehicle.transform"
 EXTRINSIC = "[CameraCalibrationComponent].extrinsic.transform"
 IMAGE = "[CameraImageComponent].image"
+BOX_LENGTH = "[LiDARBoxComponent].box.size.x"
 
 
 def component_path(root, component, segment=SEGMENT):
@@ -232,6 +233,22 @@ CORRUPTIONS = {
                                                                         for r in rows], [0, 1],
                              r"camera_calibration FRONT field \[CameraCalibrationComponent\].extrinsic.transform "
                              r"is not finite"),
+    "pose not rigid": ("vehicle_pose", lambda rows, stamp: [{**r, POSE: [0.0] * 16}
+                                                           if r["key.frame_timestamp_micros"] == stamp else r
+                                                           for r in rows], [1],
+                       r"vehicle_pose field \[VehiclePoseComponent\].world_from_vehicle.transform is not a rigid "
+                       r"transform"),
+    "extrinsic not rigid": ("camera_calibration", lambda rows, stamp: [{**r, EXTRINSIC: [2.0 * v for v in r[EXTRINSIC]]}
+                                                                       for r in rows], [0, 1],
+                            r"camera_calibration FRONT field \[CameraCalibrationComponent\].extrinsic.transform "
+                            r"is not a rigid transform"),
+    "image cut short": ("camera_image", lambda rows, stamp: [{**r, IMAGE: r[IMAGE][:len(r[IMAGE]) // 2]}
+                                                             if side_left(r, stamp) else r for r in rows], [0],
+                        r"camera_image SIDE_LEFT: field \[CameraImageComponent\].image is a JPEG cut short"),
+    "negative box size": ("lidar_box", lambda rows, stamp: [{**r, BOX_LENGTH: -r[BOX_LENGTH]}
+                                                            if r["key.frame_timestamp_micros"] == stamp else r
+                                                            for r in rows], [1],
+                          r"lidar_box \S+ field box.size is not positive"),
     "missing lidar": ("lidar", lambda rows, stamp: [r for r in rows if r["key.frame_timestamp_micros"] != stamp],
                       [0], "lidar has no row for the TOP laser"),
 }
