@@ -98,8 +98,7 @@ BUDGETS = {
     # seeds and the secondary cells on one keep the grid near 8 h. Run it in pieces (--max-stages).
     "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=1500,
                   curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
-                  preset="geomim-small",
-                  out_indices=(1, 2, 3), secondary_seeds=1),
+                  preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1),
     "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
                   curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3),
                                                   ("light-layer-decay", 1e-3), ("official", 1e-3)),

@@ -40,7 +40,8 @@ def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=500, help="optimizer steps between checkpoints; 0: none")
+    parser.add_argument("--checkpointing-steps", type=int, default=500,
+                        help="optimizer steps between checkpoints; 0: none")
     parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder or 'latest'")
     parser.add_argument("--logging-steps", type=int, default=logging_steps, help="optimizer steps between loss logs")
     parser.add_argument("--report-to", default="none", help="an Accelerate tracker: tensorboard, wandb, ... or none")
@@ -249,7 +250,8 @@ def training_batches(accelerator: Accelerator, dataloader, start_step: int, max_
     accumulation = accelerator.gradient_accumulation_steps
     batches_per_epoch = len(dataloader)
     index = start_step * accumulation  # the next batch to yield, counted from the run's start
-    while index < max_steps * accumulation:
+    total = max_steps * accumulation
+    while index < total:
         epoch, seen = divmod(index, batches_per_epoch)
         dataloader.set_epoch(epoch)
         dataset = getattr(dataloader, "dataset", None)
@@ -259,7 +261,7 @@ def training_batches(accelerator: Accelerator, dataloader, start_step: int, max_
         for batch in loader:
             yield index // accumulation, epoch, batch
             index += 1
-            if index >= max_steps * accumulation:
+            if index == total:
                 return
 
 

@@ -114,15 +114,22 @@ def check_box_size(value, where: str) -> np.ndarray:
     return size
 
 
-def check_points_file(path: str, where: str, dims: int = POINT_DIMS) -> str:
-    """A LiDAR file of whole float32 rows of ``dims``: checks the byte count (a cut that leaves whole
-    floats is still a cut)."""
-    check_file(path, where)
-    row_bytes = 4 * dims
+def _check_point_bytes(path: str, dims: int) -> None:
+    """A LiDAR file must hold whole float32 rows of ``dims``, by its byte count: a cut that leaves
+    whole floats is still a cut."""
     size = os.path.getsize(path)
-    if size % row_bytes:
-        raise SampleError(f"{where}: LiDAR file {path} holds {size} bytes, not a multiple of {row_bytes} "
-                          f"({dims} float32 per point); is it cut short?")
+    if size % (4 * dims):
+        raise SampleError(f"LiDAR file {path} holds {size} bytes, not a multiple of {4 * dims} ({dims} float32 "
+                          "per point); is it cut short?")
+
+
+def check_points_file(path: str, where: str, dims: int = POINT_DIMS) -> str:
+    """An existing LiDAR file of whole points (by byte count), or a :class:`SampleError` naming ``where``."""
+    check_file(path, where)
+    try:
+        _check_point_bytes(path, dims)
+    except SampleError as error:
+        raise SampleError(f"{where}: {error}") from None
     return path
 
 
@@ -168,10 +175,7 @@ def check_image(path: str, where: str) -> str:
 
 def read_points(path: str, dims: int = POINT_DIMS) -> np.ndarray:
     """A ``.pcd.bin``-style file of float32 rows: (M, dims)."""
-    size = os.path.getsize(path)
-    if size % (4 * dims):
-        raise SampleError(f"LiDAR file {path} holds {size} bytes, not a multiple of {4 * dims} ({dims} float32 "
-                          "per point)")
+    _check_point_bytes(path, dims)
     return np.fromfile(path, dtype=np.float32).reshape(-1, dims)
 
 
