@@ -29,14 +29,24 @@ already in ``--out``, so any stop continues where it was:
 ``OUT/results.json`` (every cell, and per arm, protocol and step the mean and 95% t-interval over
 seeds), ``OUT/results.md`` (the tables) and ``OUT/learning_curve.png`` are rewritten after every
 stage.
+
+``--record DIR`` keeps the study across machines that keep nothing but the repository: every finished
+stage's small results (metrics, learning curves, summaries, loss histories, and the LiDAR teacher's
+weights, about 1 MB) are copied to ``DIR`` along with the tables, and copied back into ``--out`` on the
+next run, so a study run in pieces on fresh machines goes on where it was. ``DIR`` is what you commit.
+A pretrained encoder is not recorded (it is pretrained again when a later cell needs it); the sha256
+of its weights is, and a pretraining that does not reproduce them says so. The world is rewritten
+from its seed; its tables' sha256 is recorded, and a world that differs is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,6 +80,14 @@ RECIPES = {
     "light-layer-decay": [*LIGHT, "--layer-decay", "0.8"],
     "official": [],
 }
+
+# A finished stage's files that later stages, the tables or a reader need, copied to --record; the teacher's
+# weights too (cached features and every geomim pretraining need it). A pretraining is not restored: its
+# encoder is too large to commit, so only its summary, history and weights' sha256 are kept.
+RECORDED = ("metrics.json", "learning_curve.json", "training_summary.json", "pretrain_summary.json",
+            "loss_history.jsonl")
+TEACHER_WEIGHTS = ("config.json", "model.safetensors")
+WEIGHTS_HASH = "model.safetensors.sha256"
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,9 @@ def parse_args(argv=None):
                         help="stop after running this many stages (a piece of the study; run again to go on)")
     parser.add_argument("--world", default=None, help="an existing synthetic v1.0-trainval world to use")
     parser.add_argument("--teacher", default=None, help="an existing teacher folder (with metrics.json) to use")
+    parser.add_argument("--record", default=None,
+                        help="folder to commit: finished stages' results and the teacher are copied there and back "
+                             "into --out on the next run, so the study goes on from a fresh clone")
     return parser.parse_args(argv)
 
 
@@ -195,13 +216,72 @@ def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
             "cells": found, "summary": summaries}
 
 
-def write_results(out: str, results: dict) -> None:
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", results_markdown(results))):
-        with open(os.path.join(out, name + ".partial"), "w") as handle:
-            handle.write(text)
-        os.replace(os.path.join(out, name + ".partial"), os.path.join(out, name))
-    if results["summary"]:
-        plot_learning_curve(results, os.path.join(out, "learning_curve.png"))
+def write_results(out: str, results: dict, record: str | None = None) -> None:
+    for folder in (out, record) if record else (out,):
+        os.makedirs(folder, exist_ok=True)
+        for name, text in (("results.json", json.dumps(results, indent=2)),
+                           ("results.md", results_markdown(results))):
+            with open(os.path.join(folder, name + ".partial"), "w") as handle:
+                handle.write(text)
+            os.replace(os.path.join(folder, name + ".partial"), os.path.join(folder, name))
+        if results["summary"]:
+            plot_learning_curve(results, os.path.join(folder, "learning_curve.png"))
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_files(source: str, target: str, names, overwrite: bool) -> None:
+    """Copy the ``names`` present in ``source`` to ``target``, each atomically (a stop never leaves half a file)."""
+    for name in names:
+        if os.path.isfile(os.path.join(source, name)) and (overwrite or not os.path.isfile(os.path.join(target, name))):
+            os.makedirs(target, exist_ok=True)
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name + ".partial"))
+            os.replace(os.path.join(target, name + ".partial"), os.path.join(target, name))
+
+
+def record_stage(output_dir: str, recorded: str, done_file: str, restorable: bool, weights=()) -> None:
+    """Keep a stage in the record: copy a recorded stage back into ``output_dir`` when that lacks it (if it is
+    ``restorable``), and copy a finished stage's results and ``weights`` into ``recorded``. Of a pretraining
+    (not restorable) the weights' sha256 is recorded, and a new run that differs from it is reported."""
+    if restorable and not os.path.isfile(os.path.join(output_dir, done_file)):
+        copy_files(recorded, output_dir, (*RECORDED, *weights), overwrite=False)
+    if not os.path.isfile(os.path.join(output_dir, done_file)):
+        return
+    copy_files(output_dir, recorded, (*RECORDED, *weights), overwrite=True)
+    model = os.path.join(output_dir, "model.safetensors")
+    if restorable or not os.path.isfile(model):
+        return
+    digest, hash_file = sha256(model), os.path.join(recorded, WEIGHTS_HASH)
+    if os.path.isfile(hash_file) and open(hash_file).read().strip() != digest:
+        print(f"note: {output_dir} did not reproduce the recorded weights bit for bit (sha256 {digest[:12]} "
+              f"against {open(hash_file).read()[:12]}); the cells finetuned from now on use these", flush=True)
+    else:
+        with open(hash_file, "w") as handle:
+            handle.write(digest + "\n")
+
+
+def check_world(dataroot: str, record: str) -> None:
+    """Record the world's tables' sha256, or refuse a world that differs from the recorded one: cells made on
+    two different worlds must never be mixed in one table."""
+    tables = os.path.join(dataroot, VERSION)
+    found = {name: sha256(os.path.join(tables, name)) for name in sorted(os.listdir(tables)) if name.endswith(".json")}
+    path = os.path.join(record, "world.json")
+    if os.path.isfile(path):
+        recorded = json.load(open(path))
+        changed = sorted(name for name in set(found) | set(recorded) if found.get(name) != recorded.get(name))
+        if changed:
+            raise SystemExit(f"the world in {tables} is not the one recorded in {path} (tables {changed} differ): "
+                             "rewrite it from the same seed and code, or record to a new --record folder")
+        return
+    os.makedirs(record, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(found, handle, indent=2)
 
 
 def recipe_name(chosen: dict) -> str:
@@ -295,13 +375,25 @@ def main(argv=None) -> None:
     stages_run = 0
     started = time.perf_counter()
 
-    def stage(*spec) -> None:
+    def stage(name: str, script: str, output_dir: str, arguments: list[str], done_file: str, restorable: bool = True,
+              weights=(), needs=None) -> None:
+        """Run a stage unless it is done (in --out, or in the record); ``needs`` runs first, only if it will run
+        (a finetuning cell's pretraining)."""
         nonlocal stages_run
+        recorded = os.path.join(args.record, os.path.relpath(output_dir, out)) if args.record else None
+        if output_dir == teacher and recorded:
+            recorded = os.path.join(args.record, "teacher")
+        if recorded:
+            record_stage(output_dir, recorded, done_file, restorable, weights)
+        if not os.path.isfile(os.path.join(output_dir, done_file)) and needs is not None:
+            needs()
         if args.max_stages is not None and stages_run >= args.max_stages:
             return
-        if run_stage(*spec):
+        if run_stage(name, script, output_dir, arguments, done_file):
             stages_run += 1
-            write_results(out, collect(out, args, budget, recipes))
+            if recorded:
+                record_stage(output_dir, recorded, done_file, restorable, weights)
+            write_results(out, collect(out, args, budget, recipes), args.record)
 
     recipes: dict = {}  # each arm's finetuning recipe, once the search has chosen it
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
@@ -311,6 +403,8 @@ def main(argv=None) -> None:
               f"{dataroot}", flush=True)
         write_nuscenes(dataroot, num_scenes=budget.scenes, samples_per_scene=budget.samples_per_scene, seed=0,
                        version=VERSION, camera_sweeps=0, lidar_sweeps=0, workers=max(budget.workers, 1))
+    if args.record:
+        check_world(dataroot, args.record)
 
     data = ["--dataroot", dataroot, "--version", VERSION, "--num-workers", str(budget.workers), "--sweeps", "0",
             "--batch-size", str(budget.batch_size), "--checkpointing-steps", str(budget.checkpointing_steps),
@@ -318,11 +412,11 @@ def main(argv=None) -> None:
     teacher = teacher_dir(out, args)
     stage("LiDAR teacher", "train_lidar_teacher.py", teacher,
           [*data, "--train-split", "train", "--val-split", "val", "--max-steps", str(budget.teacher_steps),
-           "--batch-size", "4"], "metrics.json")
+           "--batch-size", "4"], "metrics.json", weights=TEACHER_WEIGHTS)
     features = os.path.join(out, "teacher_features")
     stage("teacher features", "cache_teacher_features.py", features,
           ["--teacher", teacher, "--dataroot", dataroot, "--version", VERSION, "--split", "train", "--sweeps", "0"],
-          "index.json")
+          "index.json", restorable=False)
 
     # Pretraining: the tiny networks' settings (lr 1e-3, 50 warmup steps), the same for every arm.
     def pretrained(arm: str, seed: int) -> str:
@@ -335,7 +429,7 @@ def main(argv=None) -> None:
                   [*data, "--train-split", "train", "--seed", str(seed), "--model-config", budget.preset, *ARMS[arm],
                    *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
                    "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
-                  "pretrain_summary.json")
+                  "pretrain_summary.json", restorable=False)
 
     def init_of(arm: str, seed: int) -> list[str]:
         stages = ["--out-indices", *map(str, budget.out_indices)] if budget.out_indices else []
@@ -355,11 +449,11 @@ def main(argv=None) -> None:
     search_arms = [arm for arm in MAIN_ARMS if arm in args.arms]
     for name, lr in budget.search:
         for arm in search_arms:
-            ensure_pretrained(arm, 0)
             candidate = {"recipe": name, "learning_rate": lr}
             stage(f"recipe search: {name}, lr {lr:g}, {arm}", "finetune_detection.py", search_cell(name, lr, arm),
                   [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
-                   *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json")
+                   *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json",
+                  needs=lambda arm=arm: ensure_pretrained(arm, 0))
     # Each searched arm's recipe, recomputed from the finished search cells on every run (so adding an arm
     # later never changes the others'); the secondary arms take geomim's.
     scores = {}
@@ -369,13 +463,14 @@ def main(argv=None) -> None:
                                         **{f"held_out_{key}": {arm: m[key] for arm, m in found.items() if m}
                                            for key in ("NDS", "mAP", "mATE")}}
     recipes = choose_recipes(scores, search_arms, args.arms)
-    os.makedirs(search_dir, exist_ok=True)
-    for name, value in (("search.json", scores), ("recipes.json", recipes)):
-        with open(os.path.join(search_dir, name), "w") as handle:
-            json.dump(value, handle, indent=2)
+    for folder in (search_dir, *([os.path.join(args.record, "search")] if args.record else [])):
+        os.makedirs(folder, exist_ok=True)
+        for name, value in (("search.json", scores), ("recipes.json", recipes)):
+            with open(os.path.join(folder, name), "w") as handle:
+                json.dump(value, handle, indent=2)
     missing = [arm for arm in args.arms if arm not in recipes]
     if missing:
-        write_results(out, collect(out, args, budget, recipes))
+        write_results(out, collect(out, args, budget, recipes), args.record)
         print(f"stopped before the study: the recipe search is not complete for {missing} ({stages_run} stages "
               "run; the secondary arms take geomim's recipe, so they need geomim in --arms)")
         return
@@ -383,16 +478,16 @@ def main(argv=None) -> None:
           + ", ".join(f"{arm} {recipe_name(r)}" for arm, r in recipes.items()))
 
     for arm, protocol, seed in cells(args, budget):
-        ensure_pretrained(arm, seed)
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
         stage(f"finetuning {arm}, {protocol}, seed {seed}", "finetune_detection.py",
               os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
               [*data, "--train-split", train_split, "--val-split", val_split, "--seed", str(seed), *init_of(arm, seed),
-               *finetune_flags(recipes[arm]), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json")
+               *finetune_flags(recipes[arm]), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json",
+              needs=lambda arm=arm, seed=seed: ensure_pretrained(arm, seed))
 
     results = collect(out, args, budget, recipes)
-    write_results(out, results)
+    write_results(out, results, args.record)
     total = len(list(cells(args, budget)))
     done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]})
     print(f"\n{done} of {total} cells done ({stages_run} stages run now, {(time.perf_counter() - started) / 60:.1f} "

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -88,8 +89,10 @@ def test_results_summarise_the_cells_found(tmp_path):
 
 
 def test_smoke_study_runs_and_resumes(tmp_path):
+    record = tmp_path / "record"
+    tmp_path = tmp_path / "out"
     command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
-               "--arms", "random", "geomim", "--protocols", "full", "probe", "--seeds", "0"]
+               "--arms", "random", "geomim", "--protocols", "full", "probe", "--seeds", "0", "--record", str(record)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -115,3 +118,32 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "$ " not in again.stdout and "already done" in again.stdout  # every stage skipped
+
+    # A fresh machine with only the record: the world is rewritten from its seed, the teacher and every cell
+    # come back from the record (no teacher training, no finetuning, no pretraining), the tables are the same.
+    assert (record / "teacher" / "model.safetensors").is_file()
+    assert json.loads((record / "results.json").read_text()) == results
+    shutil.rmtree(tmp_path)
+    fresh = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    ran = [line for line in fresh.stdout.splitlines() if line.startswith("$ ")]
+    assert len(ran) == 1 and "cache_teacher_features.py" in ran[0], ran
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+    # A cell missing from the record is finetuned again, after pretraining its encoder again, which comes out
+    # bit for bit as recorded.
+    shutil.rmtree(tmp_path / "finetune" / "geomim-probe-seed0")
+    shutil.rmtree(record / "finetune" / "geomim-probe-seed0")
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    ran = [line for line in again.stdout.splitlines() if line.startswith("$ ")]
+    assert [("pretrain.py" in line, "finetune_detection.py" in line) for line in ran] == [(True, False), (False, True)]
+    assert (record / "pretrain" / "geomim-seed0" / "model.safetensors.sha256").is_file()
+    assert "did not reproduce" not in again.stdout
+
+    # A world that is not the recorded one is refused, naming the record.
+    tables = json.loads((record / "world.json").read_text())
+    tables["sample.json"] = "0" * 64
+    (record / "world.json").write_text(json.dumps(tables))
+    refused = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "world.json" in refused.stderr and "sample.json" in refused.stderr
