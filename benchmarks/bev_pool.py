@@ -19,7 +19,7 @@ import torch
 
 from geomim_hf import GeoMIMConfig
 from geomim_hf.data.geometry import make_transform
-from geomim_hf.data.synthetic import NUSCENES_CAMERAS, camera_rotation
+from geomim_hf.synthetic.sensors import NUSCENES_CAMERAS, camera_rotation
 from geomim_hf.modeling.ops import bev_pool
 from geomim_hf.modeling.view_transformer import LiftSplat
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
-from geomim_hf.data.nuscenes_format import write_nuscenes
+from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
 
 
 def ours(rows, processor, workers: int, samples: int, batch_size: int) -> float:

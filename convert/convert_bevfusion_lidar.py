@@ -36,7 +36,8 @@ from geomim_hf.convert.common import (
     save_conversion,
     split_checkpoint,
 )
-from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher, GeoMIMSparseTeacherConfig
+from geomim_hf.configuration_sparse_teacher import GeoMIMSparseTeacherConfig
+from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher
 
 # Where the sparse encoder sits, tried in order.
 ENCODER_PREFIXES = ("encoders.lidar.backbone.", "pts_middle_encoder.", "")

@@ -35,7 +35,8 @@ from geomim_hf.convert.common import (
     refuse_unknown,
     save_conversion,
 )
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 
 PRESETS = {"mmdet3d-centerpoint-pillar02": GeoMIMLidarTeacherConfig.mmdet3d_centerpoint_pillar02}
 # mmdetection3d's SeparateHead branches -> ours (the regression branches are REGRESSION_SLICES' names).

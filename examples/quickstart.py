@@ -27,8 +27,8 @@ import subprocess
 import sys
 import time
 
-from geomim_hf.data.nuscenes_format import write_nuscenes
-from geomim_hf.data.synthetic import positive_int
+from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
+from geomim_hf.synthetic.cli import positive_int
 from geomim_hf.data.visualize import plot_nuscenes_sample
 
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))

@@ -397,7 +397,7 @@ def main(argv=None) -> None:
 
     recipes: dict = {}  # each arm's finetuning recipe, once the search has chosen it
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
-        from geomim_hf.data.nuscenes_format import write_nuscenes
+        from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
 
         print(f"writing a synthetic {VERSION} world of {budget.scenes} x {budget.samples_per_scene} keyframes to "
               f"{dataroot}", flush=True)

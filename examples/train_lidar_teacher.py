@@ -23,7 +23,8 @@ from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.evaluation import evaluate_detector
 from geomim_hf.hub import create_model_card
-from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.configuration_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,

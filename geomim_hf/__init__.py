@@ -5,53 +5,39 @@ encoder), AutoImageProcessor, AutoModelForMaskedImageModeling (pretraining) and
 AutoModelForObjectDetection (the BEV detector); and the two LiDAR teachers, ``geomim_lidar_teacher``
 (pillar CenterPoint) and ``geomim_sparse_teacher`` (BEVFusion's sparse encoder), with AutoConfig and
 AutoModel (``geomim_hf.teachers.load_teacher`` loads either).
+
+The import is light: the configs load at once, the models and the image processor (PyTorch model code,
+transformers' image processing and torchvision take seconds) on first use, as transformers' own names do:
+``geomim_hf.GeoMIMForBEVDetection`` imports its module when first named, and the Auto classes get the
+models and the processor when transformers first imports its modeling or image-processing Auto module
+(:mod:`._auto`), so ``AutoModel.from_pretrained`` and ``AutoImageProcessor.from_pretrained`` work in
+any order.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForMaskedImageModeling,
-    AutoModelForObjectDetection,
-)
-
+from ._auto import register_auto_configs, register_when_imported
+from ._lazy import lazy_names
 from .configuration_geomim import PRESETS, GeoMIMConfig
-from .image_processing_geomim import GeoMIMImageProcessor
-from .modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
-from .modeling_sparse_teacher import GeoMIMSparseTeacher, GeoMIMSparseTeacherConfig
-from .modeling_geomim import (
-    GeoMIMForBEVDetection,
-    GeoMIMForMaskedBEVModeling,
-    GeoMIMModel,
-    GeoMIMPreTrainedModel,
-    random_cell_mask,
-)
+from .configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from .configuration_sparse_teacher import GeoMIMSparseTeacherConfig
 
 __version__ = "0.1.0.dev0"
 
-AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig, exist_ok=True)
-AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor, "torchvision": GeoMIMImageProcessor}, exist_ok=True)
-AutoModel.register(GeoMIMConfig, GeoMIMModel, exist_ok=True)
-AutoModelForMaskedImageModeling.register(GeoMIMConfig, GeoMIMForMaskedBEVModeling, exist_ok=True)
-# 3D boxes from cameras: the nearest Auto task (its outputs are ours, not DETR's).
-AutoModelForObjectDetection.register(GeoMIMConfig, GeoMIMForBEVDetection, exist_ok=True)
-AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig, exist_ok=True)
-AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher, exist_ok=True)
-AutoConfig.register(GeoMIMSparseTeacherConfig.model_type, GeoMIMSparseTeacherConfig, exist_ok=True)
-AutoModel.register(GeoMIMSparseTeacherConfig, GeoMIMSparseTeacher, exist_ok=True)
+# Each public name that is not a config, with the module that defines it (imported on first use).
+_LAZY_NAMES = {
+    "GeoMIMForBEVDetection": "modeling_geomim",
+    "GeoMIMForMaskedBEVModeling": "modeling_geomim",
+    "GeoMIMModel": "modeling_geomim",
+    "GeoMIMPreTrainedModel": "modeling_geomim",
+    "random_cell_mask": "modeling_geomim",
+    "GeoMIMImageProcessor": "image_processing_geomim",
+    "GeoMIMLidarTeacher": "modeling_lidar_teacher",
+    "GeoMIMSparseTeacher": "modeling_sparse_teacher",
+}
 
-__all__ = [
-    "PRESETS",
-    "GeoMIMConfig",
-    "GeoMIMForBEVDetection",
-    "GeoMIMForMaskedBEVModeling",
-    "GeoMIMImageProcessor",
-    "GeoMIMLidarTeacher",
-    "GeoMIMLidarTeacherConfig",
-    "GeoMIMModel",
-    "GeoMIMPreTrainedModel",
-    "GeoMIMSparseTeacher",
-    "GeoMIMSparseTeacherConfig",
-    "__version__",
-    "random_cell_mask",
-]
+__getattr__, __dir__ = lazy_names(__name__, _LAZY_NAMES)
+
+register_auto_configs()
+register_when_imported()
+
+__all__ = sorted(["PRESETS", "GeoMIMConfig", "GeoMIMLidarTeacherConfig", "GeoMIMSparseTeacherConfig", "__version__",
+                  *_LAZY_NAMES])

@@ -24,7 +24,7 @@ from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
 from .modeling.swin import SwinEncoder, WindowAttention
 from .modeling.view_transformer import BevDownsample, CameraAwareDepthNet, DepthNet, LiftSplat, camera_vector
-from .modeling_lidar_teacher import NMS_RADIUS
+from .configuration_lidar_teacher import NMS_RADIUS
 
 logger = logging.get_logger(__name__)
 

@@ -117,10 +117,10 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, loss: t
 
 class TrainingLog:
     """A progress bar, the tracker logs and a JSON-lines loss history (``loss_history.jsonl``), all on
-    the main process; a resumed run appends to the same history. Called after every batch; every
-    ``logging_steps`` optimizer steps (and at the last) it records ``loss`` and the output's
-    ``loss_names``, each the mean over the step's accumulated batches, with the learning rate and the
-    epoch."""
+    the main process; a resumed run continues the history from its checkpoint's step. Called after
+    every batch; every ``logging_steps`` optimizer steps (and at the last) it records ``loss`` and the
+    output's ``loss_names``, each the mean over the step's accumulated batches, with the learning rate
+    and the epoch."""
 
     def __init__(self, accelerator: Accelerator, output_dir: str, total: int, initial: int, description: str,
                  logging_steps: int, loss_names: tuple[str, ...]):
@@ -130,7 +130,17 @@ class TrainingLog:
         self.loss_names = ("loss", *loss_names)
         self.path = os.path.join(output_dir, "loss_history.jsonl")
         self.progress = tqdm(total=total, initial=initial, desc=description, disable=not accelerator.is_main_process)
-        self.history = open(self.path, "a") if accelerator.is_main_process else None
+        self.history = None
+        if accelerator.is_main_process:
+            # A run resumed at step ``initial`` keeps the history up to its checkpoint; what a stopped run
+            # logged after it (or all of it, on a fresh start) is replaced by the steps run again.
+            kept = []
+            if initial and os.path.isfile(self.path):
+                kept = [line for line in open(self.path) if json.loads(line)["step"] <= initial]
+            with open(self.path + ".partial", "w") as handle:
+                handle.writelines(kept)
+            os.replace(self.path + ".partial", self.path)
+            self.history = open(self.path, "a")
         self.sums, self.batches = None, 0  # the current optimizer step's losses so far
 
     def update(self, step: int, epoch: int, output, learning_rate: float) -> None:

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run in its interpreter on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from geomim_hf.data.nuscenes_format import write_nuscenes
-from geomim_hf.data.waymo_format import write_waymo
+from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
+from geomim_hf.synthetic.waymo_writer import write_waymo
 
 # Three scenes: the two of mini_val (every class is guaranteed in each) and one of mini_train.
 NUSCENES_WORLD = dict(num_scenes=3, samples_per_scene=3, seed=0, version="v1.0-mini", camera_sweeps=1,

@@ -13,7 +13,8 @@ from huggingface_hub import ModelCard
 import geomim_hf  # noqa: F401  (registers the Auto classes)
 from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor
 from geomim_hf.hub import SUMMARY_METRICS, create_model_card
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from tests.helpers import RunsCode, assert_same_weights
 
 METRICS = {"mAP": 0.3125, "NDS": 0.40625, "mATE": 0.5, "mASE": 0.25, "mAOE": 0.75, "mAVE": 1.0, "mAAE": 0.125,

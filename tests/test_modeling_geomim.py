@@ -4,7 +4,7 @@ import torch
 
 from geomim_hf import GeoMIMConfig
 from geomim_hf.data.geometry import make_transform
-from geomim_hf.data.synthetic import camera_rotation
+from geomim_hf.synthetic.sensors import camera_rotation
 from geomim_hf.data.targets import depth_maps
 from geomim_hf.modeling_geomim import (
     GeoMIMForMaskedBEVModeling,

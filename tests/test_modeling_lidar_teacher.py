@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from geomim_hf.modeling.centerpoint import REGRESSION_CHANNELS, build_targets, center_loss
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig, LidarTeacherOutput
+from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, LidarTeacherOutput
 
 # nuScenes' LIDAR_TOP: 0.94 m ahead of the ego origin, 1.84 m up, turned -90 degrees (lidar x = ego -y).
 EGO_FROM_LIDAR = torch.tensor([[0.0, 1.0, 0.0, 0.94], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.84],

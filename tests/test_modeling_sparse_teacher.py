@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from geomim_hf import GeoMIMConfig
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
-from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher, GeoMIMSparseTeacherConfig
+from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
+from geomim_hf.configuration_sparse_teacher import GeoMIMSparseTeacherConfig
+from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.teachers import load_teacher
 from tests.helpers import assert_same_weights

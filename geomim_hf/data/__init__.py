@@ -1,22 +1,27 @@
-"""Data: the synthetic driving world, dataset formats, 🤗 Datasets loaders, processing pipeline."""
+"""Data: dataset formats, 🤗 Datasets loaders of nuScenes and Waymo, the processing pipeline.
 
-from .nuscenes_dataset import NUSCENES_CAMERA_ORDER, load_nuscenes
-from .pipeline import GeoMIMDataset, collate_geomim, make_dataloader
-from .records import ATTRIBUTE_NAMES, SampleError, with_lidar_points
-from .targets import depth_maps
-from .waymo_dataset import WAYMO_CAMERA_ORDER, WAYMO_CLASSES, load_waymo
+Names load on first use (the loaders bring 🤗 Datasets, pyarrow and the devkit); the synthetic world
+that writes test data in these formats is :mod:`geomim_hf.synthetic`.
+"""
 
-__all__ = [
-    "ATTRIBUTE_NAMES",
-    "NUSCENES_CAMERA_ORDER",
-    "WAYMO_CAMERA_ORDER",
-    "WAYMO_CLASSES",
-    "GeoMIMDataset",
-    "SampleError",
-    "collate_geomim",
-    "depth_maps",
-    "load_nuscenes",
-    "load_waymo",
-    "make_dataloader",
-    "with_lidar_points",
-]
+from .._lazy import lazy_names
+
+# Each public name with the module that defines it.
+_NAMES = {
+    "NUSCENES_CAMERA_ORDER": "nuscenes_dataset",
+    "load_nuscenes": "nuscenes_dataset",
+    "GeoMIMDataset": "pipeline",
+    "collate_geomim": "pipeline",
+    "make_dataloader": "pipeline",
+    "ATTRIBUTE_NAMES": "records",
+    "SampleError": "records",
+    "with_lidar_points": "records",
+    "depth_maps": "targets",
+    "WAYMO_CAMERA_ORDER": "waymo_dataset",
+    "WAYMO_CLASSES": "waymo_dataset",
+    "load_waymo": "waymo_dataset",
+}
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)
+
+__all__ = sorted(_NAMES)

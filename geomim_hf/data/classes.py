@@ -93,6 +93,3 @@ NUSCENES_VISIBILITY_LEVELS = (
     ("3", "v60-80", "visibility of whole object is between 60 and 80%"),
     ("4", "v80-100", "visibility of whole object is between 80 and 100%"),
 )
-
-# Waymo Open Dataset label types (label.proto Type enum).
-WAYMO_TYPES = {0: "TYPE_UNKNOWN", 1: "TYPE_VEHICLE", 2: "TYPE_PEDESTRIAN", 3: "TYPE_SIGN", 4: "TYPE_CYCLIST"}

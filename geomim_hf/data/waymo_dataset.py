@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .classes import WAYMO_TYPES
 from .geometry import invert_rigid
 from .records import (
     POINT_DIMS,
@@ -39,12 +38,13 @@ from .records import (
     sample_features,
     with_lidar_points,
 )
-from .waymo_format import (
+from .waymo_schema import (
     CAMERA_NAMES,
     KEY_CAMERA,
     KEY_LASER,
     KEY_OBJECT,
     KEY_TIMESTAMP,
+    LABEL_TYPES,
     LASER_NAMES,
     OPENCV_FROM_WAYMO_CAMERA,
     TYPE_CYCLIST,
@@ -56,7 +56,6 @@ WAYMO_CLASSES = ("vehicle", "pedestrian", "cyclist")
 WAYMO_CAMERA_ORDER = ("FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT")
 # TYPE_SIGN and TYPE_UNKNOWN are not detection classes.
 DEFAULT_TYPE_TO_CLASS = {TYPE_VEHICLE: "vehicle", TYPE_PEDESTRIAN: "pedestrian", TYPE_CYCLIST: "cyclist"}
-TYPE_IDS = {name: type_id for type_id, name in WAYMO_TYPES.items()}
 CAMERA_BY_ID = {camera_id: name for name, camera_id in CAMERA_NAMES.items()}
 TOP_LASER = LASER_NAMES["TOP"]
 # Our camera frame (x right, y down, z forward) to Waymo's (x forward, y left, z up).
@@ -386,10 +385,10 @@ def _type_ids(type_to_class: Mapping[int | str, str], classes: Sequence[str]) ->
     """Sorted (type id, class name) pairs from a map keyed by Waymo type id or name, checked."""
     pairs = {}
     for waymo_type, name in type_to_class.items():
-        type_id = TYPE_IDS.get(waymo_type, waymo_type)
-        if type_id not in WAYMO_TYPES:
+        type_id = LABEL_TYPES.get(waymo_type, waymo_type)
+        if type_id not in LABEL_TYPES.values():
             raise ValueError(f"type_to_class key {waymo_type!r} is not a Waymo type; use an id or name of "
-                             f"{WAYMO_TYPES}")
+                             f"{LABEL_TYPES}")
         if name not in classes:
             raise ValueError(f"type_to_class maps {waymo_type!r} to {name!r}, which is not in classes {tuple(classes)}")
         pairs[type_id] = name

@@ -111,7 +111,7 @@ def bev_pool_op(
         from .bev_pool_triton import forward_triton
 
         return forward_triton(depth, context, ranks_depth, ranks_context, ranks_cell, interval_starts,
-                              interval_lengths, num_cells)
+                              interval_lengths, num_cells, accumulation_dtype(context.dtype))
     return _forward_torch(depth, context, ranks_depth, ranks_context, ranks_cell, num_cells)
 
 
@@ -133,7 +133,8 @@ def bev_pool_backward_op(
     if backend == "triton":
         from .bev_pool_triton import backward_triton
 
-        return backward_triton(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell)
+        return backward_triton(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell,
+                               accumulation_dtype(context.dtype))
     return _backward_torch(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell)
 
 

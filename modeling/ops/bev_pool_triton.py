@@ -7,9 +7,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .bev_pool import accumulation_dtype
-
-
 @triton.jit
 def _forward_kernel(depth_ptr, context_ptr, ranks_depth_ptr, ranks_context_ptr, ranks_cell_ptr, starts_ptr,
                     lengths_ptr, out_ptr, channels, BLOCK_C: tl.constexpr, ACCUMULATE: tl.constexpr):
@@ -59,9 +56,8 @@ _TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def forward_triton(depth, context, ranks_depth, ranks_context, ranks_cell, interval_starts, interval_lengths,
-                   num_cells):
+                   num_cells, accumulate: torch.dtype):
     channels = context.shape[1]
-    accumulate = accumulation_dtype(context.dtype)
     out = torch.zeros((num_cells, channels), dtype=accumulate, device=context.device)
     if len(interval_starts):
         block = min(triton.next_power_of_2(channels), 128)
@@ -72,9 +68,8 @@ def forward_triton(depth, context, ranks_depth, ranks_context, ranks_cell, inter
     return out.to(context.dtype)
 
 
-def backward_triton(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell):
+def backward_triton(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell, accumulate: torch.dtype):
     channels = context.shape[1]
-    accumulate = accumulation_dtype(context.dtype)
     grad_depth = torch.zeros(depth.shape, dtype=accumulate, device=depth.device)
     grad_context = torch.zeros(context.shape, dtype=accumulate, device=context.device)
     num_points = len(ranks_depth)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from geomim_hf.convert.convert_bevfusion_lidar import convert_bevfusion_lidar
 from geomim_hf.modeling.sparse_encoder import require_spconv
-from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher, GeoMIMSparseTeacherConfig
+from geomim_hf.configuration_sparse_teacher import GeoMIMSparseTeacherConfig
+from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher
 from geomim_hf.teachers import load_teacher
 from tests.helpers import assert_same_weights
 from tests.modeling.test_sparse_encoder import needs_spconv

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from geomim_hf.convert.convert_mmdet3d_centerpoint import convert_mmdet3d_centerpoint, main
-from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from tests.helpers import assert_same_weights
 
 TASKS = [["car"], ["truck", "construction_vehicle"], ["bus", "trailer"], ["barrier"], ["motorcycle", "bicycle"],

@@ -11,9 +11,10 @@ import pytest
 
 from geomim_hf.data.classes import NUSCENES_DETECTION_CLASSES
 from geomim_hf.data.records import SampleError
-from geomim_hf.data.synthetic import location_grid, simulate_scene, waymo_rig
+from geomim_hf.synthetic.sensors import waymo_rig
+from geomim_hf.synthetic.world import location_grid, simulate_scene
 from geomim_hf.data.waymo_dataset import load_waymo
-from geomim_hf.data.waymo_format import FRAME_INTERVAL, LOCATION, segment_name
+from geomim_hf.synthetic.waymo_writer import FRAME_INTERVAL, LOCATION, segment_name
 
 from ..conftest import WAYMO_WORLD
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMModel
-from geomim_hf.modeling_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
+from geomim_hf.configuration_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacherConfig
+from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.training import cosine_lr_lambda
 
@@ -53,8 +54,9 @@ def test_pretrain_saves_a_model_and_resumes_exactly(nuscenes_root, teacher_dir, 
     GeoMIMForMaskedBEVModeling.from_pretrained(out)
     GeoMIMModel.from_pretrained(out)  # the encoder alone
 
-    # Stop after step 2, resume from the checkpoint: the same losses as the straight run.
-    _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "2")
+    # A run stopped after step 3, resumed from its checkpoint at step 2: the same losses as the straight run,
+    # each step logged once (step 3 of the stopped run, past its checkpoint, is run and logged again).
+    _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "3")
     resumed = _pretrain(nuscenes_root, teacher_dir, tmp_path / "stopped", "--max-steps", "4",
                         "--resume-from-checkpoint", "latest")
     assert resumed == straight

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from geomim_hf.data.geometry import make_transform
-from geomim_hf.data.synthetic import camera_rotation
+from geomim_hf.synthetic.sensors import camera_rotation
 from geomim_hf.modeling.view_transformer import LiftSplat, camera_vector
 
 

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from geomim_hf.data.synthetic import CLASS_SPECS, location_grid, simulate_scene, waymo_rig
-from geomim_hf.data.waymo_format import FRAME_INTERVAL, LOCATION, segment_name
+from geomim_hf.synthetic.sensors import waymo_rig
+from geomim_hf.synthetic.world import CLASS_SPECS, location_grid, simulate_scene
+from geomim_hf.synthetic.waymo_writer import FRAME_INTERVAL, LOCATION, segment_name
 
 from ..conftest import WAYMO_WORLD
 

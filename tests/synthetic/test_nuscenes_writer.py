@@ -15,8 +15,8 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from geomim_hf.data.classes import DETECTION_CLASS_ATTRIBUTES
-from geomim_hf.data.nuscenes_format import scene_names
-from geomim_hf.data.synthetic import CLASS_SPECS
+from geomim_hf.synthetic.nuscenes_writer import scene_names
+from geomim_hf.synthetic.world import CLASS_SPECS
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 

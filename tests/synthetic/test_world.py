@@ -9,16 +9,10 @@ from shapely.geometry import Polygon
 
 from geomim_hf.data.classes import DETECTION_CLASS_ATTRIBUTES, NUSCENES_DETECTION_CLASSES
 from geomim_hf.data.geometry import box_corners, wrap_angle
-from geomim_hf.data.nuscenes_format import write_nuscenes
-from geomim_hf.data.synthetic import (
-    CLASS_SPECS,
-    RoadGrid,
-    lane_path,
-    location_grid,
-    main,
-    nuscenes_rig,
-    simulate_scene,
-)
+from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
+from geomim_hf.synthetic.sensors import nuscenes_rig
+from geomim_hf.synthetic.world import CLASS_SPECS, RoadGrid, lane_path, location_grid, simulate_scene
+from geomim_hf.synthetic.cli import main
 
 GRID = RoadGrid(block=100.0, origin=(5.0, 7.0), lanes=2, drive_left=False)
 
@@ -158,7 +152,7 @@ def test_cli_refuses_a_non_empty_output(tmp_path, capsys):
 def test_cli_writes_a_world(tmp_path):
     out = tmp_path / "world"
     result = subprocess.run(
-        [sys.executable, "-m", "geomim_hf.data.synthetic", "--format", "waymo", "--out", str(out), "--scenes", "1",
+        [sys.executable, "-m", "geomim_hf.synthetic", "--format", "waymo", "--out", str(out), "--scenes", "1",
          "--samples-per-scene", "1", "--workers", "1"],
         capture_output=True, text=True, check=True,
     )

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .geometry import box_corners, invert_rigid, transform_points
+from ..data.geometry import box_corners, invert_rigid, transform_points
 
 # Surface kinds: they choose the texture painted on a box face.
 KIND_VEHICLE, KIND_PERSON, KIND_CYCLE, KIND_CONE, KIND_BARRIER, KIND_BUILDING = range(6)

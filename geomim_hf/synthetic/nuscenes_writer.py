@@ -17,23 +17,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .classes import (
+from ..data.classes import (
     DETECTION_CLASS_TO_CATEGORY,
     NUSCENES_ATTRIBUTES,
     NUSCENES_CATEGORIES,
     NUSCENES_VISIBILITY_LEVELS,
 )
-from .geometry import matrix_to_quaternion, rotation_z
+from ..data.geometry import matrix_to_quaternion, rotation_z
 from .raycast import render_camera
-from .synthetic import (
-    NUSCENES_CAMERAS,
-    SensorRig,
-    Scene,
-    cast_lidar_settled,
-    location_grid,
-    nuscenes_rig,
-    simulate_scene,
-)
+from .sensors import NUSCENES_CAMERAS, SensorRig, cast_lidar_settled, nuscenes_rig
+from .world import Scene, location_grid, simulate_scene
 
 KEYFRAME_INTERVAL = 0.5  # seconds: nuScenes annotates at 2 Hz
 ANNOTATION_RANGE = 70.0  # metres from the ego within which objects are annotated

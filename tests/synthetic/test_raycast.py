@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from geomim_hf.data.geometry import make_transform, points_in_boxes
-from geomim_hf.data.raycast import (
+from geomim_hf.synthetic.raycast import (
     HAZE,
     HAZE_DISTANCE,
     KIND_VEHICLE,
@@ -11,7 +11,7 @@ from geomim_hf.data.raycast import (
     intersect_box,
     render_camera,
 )
-from geomim_hf.data.synthetic import camera_rotation
+from geomim_hf.synthetic.sensors import camera_rotation
 
 
 class FlatGround:
