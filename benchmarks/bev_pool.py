@@ -25,12 +25,12 @@ from geomim_hf.modeling.view_transformer import LiftSplat
 
 
 def nuscenes_geometry(batch: int, image_size: tuple[int, int], device):
-    """intrinsics, ego_from_camera, post_transform (B, 6, ...) of the nuScenes rig, images resized
+    """intrinsics, ego_from_camera, processed_from_original (B, 6, ...) of the nuScenes rig, images resized
     from 1600 x 900 and bottom-cropped to ``image_size`` as the image processor does."""
     height, width = image_size
     scale = width / 1600
     crop_top = 900 * scale - height
-    post_transform = torch.tensor([[scale, 0, 0], [0, scale, -crop_top], [0, 0, 1]], dtype=torch.float32)
+    processed_from_original = torch.tensor([[scale, 0, 0], [0, scale, -crop_top], [0, 0, 1]], dtype=torch.float32)
     intrinsics, ego_from_camera = [], []
     for _, position, yaw, focal, (cx, cy) in NUSCENES_CAMERAS:
         intrinsics.append(torch.tensor([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], dtype=torch.float32))
@@ -39,7 +39,7 @@ def nuscenes_geometry(batch: int, image_size: tuple[int, int], device):
     views = len(NUSCENES_CAMERAS)
     return (torch.stack(intrinsics).expand(batch, -1, -1, -1).to(device),
             torch.stack(ego_from_camera).expand(batch, -1, -1, -1).to(device),
-            post_transform.expand(batch, views, -1, -1).to(device))
+            processed_from_original.expand(batch, views, -1, -1).to(device))
 
 
 def lss_cumsum_pool(depth, context, cell_index, grid_size):

@@ -66,7 +66,8 @@ def model_step_seconds(batch: dict, steps: int = 5) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     teacher = torch.randn(len(batch["sample_token"]), config.target_channels, *config.target_grid_size)
-    inputs = {k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform")}
+    inputs = {k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                                    "augmented_ego_from_ego")}
     times = []
     for step in range(steps + 1):
         started = time.perf_counter()

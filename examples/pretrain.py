@@ -48,7 +48,7 @@ from geomim_hf.training import (
 )
 
 logger = get_logger(__name__)
-MODEL_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform")
+MODEL_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego")
 
 
 def parse_args(argv=None):
@@ -133,11 +133,11 @@ def main(argv=None) -> None:
         target = None
         with torch.no_grad():
             if cache is not None:
-                target = cache.load(batch["sample_token"], batch["bev_transform"]).to(accelerator.device)
+                target = cache.load(batch["sample_token"], batch["augmented_ego_from_ego"]).to(accelerator.device)
             elif teacher is not None:
                 target = teacher.bev_features(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"])
         with accelerator.accumulate(model):
-            out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, labels=batch["depth_maps"],
+            out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, depth_labels=batch["depth_maps"],
                         bool_masked_pos=mask)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])

@@ -1,9 +1,9 @@
 """GeoMIMImageProcessor: multi-view resize, crop, flip and rotate with exact geometry.
 
-Every image augmentation is an affine map of pixel coordinates, returned as ``post_transform``
+Every image augmentation is an affine map of pixel coordinates, returned as ``processed_from_original``
 (3x3, original pixels to processed pixels, pixel (i, j) centred at (i, j)), so a 3D point
-projects into the processed view at ``post_transform @ intrinsics @ point_camera``. The BEV
-augmentation (rotate, scale, mirror the ego frame) is returned as ``bev_transform`` (4x4,
+projects into the processed view at ``processed_from_original @ intrinsics @ point_camera``. The BEV
+augmentation (rotate, scale, mirror the ego frame) is returned as ``augmented_ego_from_ego`` (4x4,
 ego to augmented ego); boxes, velocities and points come back in the augmented frame while the
 camera geometry stays as measured, as BEVDet/BEVDepth apply it inside the view transformer.
 """
@@ -46,7 +46,8 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         image_mean, image_std (`tuple[float, float, float]`): normalisation (ImageNet's).
     """
 
-    model_input_names = ["pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform"]
+    model_input_names = ["pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                         "augmented_ego_from_ego"]
 
     def __init__(
         self,
@@ -101,7 +102,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             flip, rotation = False, 0.0
         return (new_width, new_height), (crop_x, crop_y), flip, rotation
 
-    def post_transform_matrix(self, width, height, resized, crop, flip, rotation) -> np.ndarray:
+    def processed_from_original_matrix(self, width, height, resized, crop, flip, rotation) -> np.ndarray:
         """3x3 map from original to processed pixel coordinates (pixel centres at integers)."""
         out_height, out_width = self.image_size
         scale_x, scale_y = resized[0] / width, resized[1] / height
@@ -122,24 +123,24 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         return matrix
 
     def augment_view(self, image: Image.Image, training: bool, rng: np.random.Generator):
-        """Processed image (H, W, 3) uint8 and its post_transform (3, 3)."""
+        """Processed image (H, W, 3) uint8 and its processed_from_original (3, 3)."""
         image = image.convert("RGB")
         width, height = image.size
         resized, crop, flip, rotation = self.sample_view_augmentation(width, height, training, rng)
-        post_transform = self.post_transform_matrix(width, height, resized, crop, flip, rotation)
+        processed_from_original = self.processed_from_original_matrix(width, height, resized, crop, flip, rotation)
         # Antialiased resize first, then crop, flip and rotate as one affine warp (no second rescale).
         resized_image = image.resize(resized, Image.BILINEAR)
-        resize_matrix = self.post_transform_matrix(width, height, resized, (0, 0), False, 0.0)
-        out_from_resized = post_transform @ np.linalg.inv(resize_matrix)
+        resize_matrix = self.processed_from_original_matrix(width, height, resized, (0, 0), False, 0.0)
+        out_from_resized = processed_from_original @ np.linalg.inv(resize_matrix)
         # PIL samples the input at (a x + b y + c, d x + e y + f) with pixel centres at +0.5.
         half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0, 0, 1.0]])
         resized_from_out_pil = half @ np.linalg.inv(out_from_resized) @ np.linalg.inv(half)
         out_height, out_width = self.image_size
         warped = resized_image.transform((out_width, out_height), Image.AFFINE, resized_from_out_pil[:2].ravel(),
                                          resample=Image.BILINEAR, fillcolor=(0, 0, 0))
-        return np.asarray(warped), post_transform
+        return np.asarray(warped), processed_from_original
 
-    def sample_bev_transform(self, rng: np.random.Generator) -> np.ndarray:
+    def sample_augmented_ego_from_ego(self, rng: np.random.Generator) -> np.ndarray:
         """A random BEV augmentation: (4, 4) from the ego frame to the augmented ego frame."""
         return bev_augmentation_matrix(
             np.deg2rad(rng.uniform(*self.bev_rotate_range)), rng.uniform(*self.bev_scale_range),
@@ -177,7 +178,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
                 ``lidar_points`` through the image augmentation (before the BEV augmentation).
 
         Returns a ``BatchFeature`` with ``pixel_values`` (B, N, 3, H, W), ``intrinsics``,
-        ``ego_from_camera``, ``post_transform`` (B, N, 3, 3), ``bev_transform`` (B, 4, 4) and, when
+        ``ego_from_camera``, ``processed_from_original`` (B, N, 3, 3), ``augmented_ego_from_ego`` (B, 4, 4) and, when
         given, ``boxes``, ``velocities``, ``lidar_points`` as lists of per-sample tensors.
         """
         if kwargs:
@@ -203,7 +204,8 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         mean = np.asarray(self.image_mean, np.float32)
         std = np.asarray(self.image_std, np.float32)
 
-        outputs: dict[str, list] = {k: [] for k in ("pixel_values", "post_transform", "bev_transform", "depth_maps",
+        outputs: dict[str, list] = {k: [] for k in ("pixel_values", "processed_from_original",
+                                                    "augmented_ego_from_ego", "depth_maps",
                                                      "boxes", "velocities", "lidar_points")}
         for index, views in enumerate(batch_images):
             if len(views) != len(batch_intrinsics[index]) or len(views) != len(batch_ego_from_camera[index]):
@@ -215,14 +217,14 @@ class GeoMIMImageProcessor(BaseImageProcessor):
                 pixels.append(((array.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
                 posts.append(post)
             outputs["pixel_values"].append(np.stack(pixels))
-            outputs["post_transform"].append(np.stack(posts))
+            outputs["processed_from_original"].append(np.stack(posts))
             if return_depth:
                 outputs["depth_maps"].append(depth_maps(
                     np.asarray(lidar_points[index]), np.asarray(ego_from_lidar[index], np.float64),
-                    batch_ego_from_camera[index], batch_intrinsics[index], outputs["post_transform"][-1],
+                    batch_ego_from_camera[index], batch_intrinsics[index], outputs["processed_from_original"][-1],
                     tuple(self.image_size), self.depth_stride))
-            augmented_from_ego = self.sample_bev_transform(rng) if bev_augment else np.eye(4)
-            outputs["bev_transform"].append(augmented_from_ego)
+            augmented_from_ego = self.sample_augmented_ego_from_ego(rng) if bev_augment else np.eye(4)
+            outputs["augmented_ego_from_ego"].append(augmented_from_ego)
             if boxes is not None:
                 sample_boxes, sample_velocities = augment_boxes(boxes[index], velocities[index], augmented_from_ego)
                 outputs["boxes"].append(sample_boxes)
@@ -237,8 +239,8 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             "pixel_values": np.stack(outputs["pixel_values"]),
             "intrinsics": batch_intrinsics.astype(np.float32),
             "ego_from_camera": batch_ego_from_camera.astype(np.float32),
-            "post_transform": np.stack(outputs["post_transform"]).astype(np.float32),
-            "bev_transform": np.stack(outputs["bev_transform"]).astype(np.float32),
+            "processed_from_original": np.stack(outputs["processed_from_original"]).astype(np.float32),
+            "augmented_ego_from_ego": np.stack(outputs["augmented_ego_from_ego"]).astype(np.float32),
         }
         if return_depth:
             data["depth_maps"] = np.stack(outputs["depth_maps"])

@@ -8,9 +8,9 @@ h x w stride-16 features, Y x X BEV target grid.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,10 +132,11 @@ class BEVDetectionOutput(ModelOutput):
     bev_features: torch.Tensor | None = None
 
 
-def depth_bce(depth_logits: torch.Tensor, labels: torch.Tensor, depth_bins: tuple[float, float, float]) -> torch.Tensor:
+def depth_bce(depth_logits: torch.Tensor, depth_labels: torch.Tensor,
+              depth_bins: tuple[float, float, float]) -> torch.Tensor:
     """BEVDepth's depth loss: softmax over bins against one-hot bins, summed over bins and averaged
-    over the pixels that have a depth. depth_logits (..., D, h, w); labels (..., h, w) metres."""
-    bins = depth_bins_of(labels, depth_bins)
+    over the pixels that have a depth. depth_logits (..., D, h, w); depth_labels (..., h, w) metres."""
+    bins = depth_bins_of(depth_labels, depth_bins)
     valid = bins >= 0
     count = depth_logits.shape[-3]
     probabilities = depth_logits.float().softmax(-3).movedim(-3, -1)[valid]  # (P, D)
@@ -279,7 +280,7 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         self.post_init()
 
     def decode_group(self, c4, c5, views, cameras, masked, token_groups, intrinsics, ego_from_camera,
-                     post_transform, bev_transform):
+                     processed_from_original, augmented_ego_from_ego):
         """One mask group. ``pixel``: returns the predicted pixels (B, N, h', w', 16*16*3) of every token of
         the padded image and None. Otherwise BEV features (B, C_t, Y, X) (None for ``depth``) and depth
         logits (B, N, D, h, w)."""
@@ -293,8 +294,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         depth_logits, context = self.depth_net(features[:, :, :height, :width])  # drop the padding cells
         if self.objective == "depth":
             return None, depth_logits.view(batch, views, *depth_logits.shape[1:])
-        bev, depth_logits = self.lift_splat.splat_views(depth_logits, context, intrinsics, ego_from_camera,
-                                                        post_transform, bev_transform)  # (B, C, 2Y, 2X)
+        bev, depth_logits = self.lift_splat.splat_views(  # bev (B, C, 2Y, 2X)
+            depth_logits, context, intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         return self.bev_head(self.bev_downsample(bev)), depth_logits
 
     def forward(
@@ -302,39 +303,38 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         pixel_values: torch.Tensor,
         intrinsics: torch.Tensor,
         ego_from_camera: torch.Tensor,
-        post_transform: torch.Tensor,
-        bev_transform: torch.Tensor | None = None,
+        processed_from_original: torch.Tensor,
+        augmented_ego_from_ego: torch.Tensor | None = None,
         teacher_features: torch.Tensor | None = None,
-        lidar_points: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        ego_from_lidar: torch.Tensor | None = None,
-        point_mask: torch.Tensor | None = None,
+        depth_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        labels: torch.Tensor | None = None,
     ):
         r"""
-        pixel_values: (B, N, 3, H, W) from :class:`GeoMIMImageProcessor`; intrinsics, post_transform:
-            (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); bev_transform: (B, 4, 4) BEV augmentation.
+        pixel_values: (B, N, 3, H, W) from :class:`GeoMIMImageProcessor`; intrinsics, processed_from_original:
+            (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); augmented_ego_from_ego: (B, 4, 4) BEV augmentation.
         teacher_features: (B, C_t, Y, X) the LiDAR teacher's BEV features on the target grid (raw;
             normalised per patch here); GeoMIM's target, ignored by the other objectives.
         bool_masked_pos: (H_cells, W_cells) the two mask groups (:func:`random_cell_mask`); required,
             so that all randomness stays outside the model.
-        labels: (B, N, h, w) LiDAR depth maps in metres at stride 16 (the processor's ``depth_maps``,
-            0 where unknown); or give ``lidar_points`` (B, M, >=3) with ``ego_from_lidar`` (B, 4, 4)
-            and ``point_mask`` (B, M) and they are computed here. Not used by ``pixel``.
+        depth_labels: (B, N, h, w) LiDAR depth maps in metres at stride 16, 0 where unknown: the
+            processor's ``depth_maps`` (``return_depth=True``), as the detector takes them. Not used by
+            ``pixel``. ``labels`` is its deprecated name (it means class ids everywhere else).
         """
         if bool_masked_pos is None:
             raise ValueError("bool_masked_pos is required: draw the two mask groups with "
                              "geomim_hf.modeling_geomim.random_cell_mask(config, generator)")
+        if labels is not None:
+            warnings.warn("GeoMIMForMaskedBEVModeling(labels=...) is deprecated: pass the depth maps as depth_labels",
+                          FutureWarning, stacklevel=2)
+            depth_labels = labels if depth_labels is None else depth_labels
         if self.objective == "pixel":
-            labels = None
-        elif labels is None and lidar_points is not None:
-            labels = self.depth_labels(lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
-                                       post_transform)
+            depth_labels = None
         batch, views = pixel_values.shape[:2]
         encoded = self.geomim(pixel_values, bool_masked_pos=bool_masked_pos)
         c4, c5 = (f.flatten(0, 1).permute(0, 2, 3, 1) for f in encoded.feature_maps)  # channels last
-        cameras = camera_vector(intrinsics, post_transform, ego_from_camera).flatten(0, 1).to(c4.dtype)
+        cameras = camera_vector(intrinsics, processed_from_original, ego_from_camera).flatten(0, 1).to(c4.dtype)
         # (h', w') groups of the stride-16 tokens of the padded image; padding-only tokens are PAD_GROUP
         token_groups = self.geomim.encoder.token_groups(bool_masked_pos.long().to(c4.device), DECODER_STRIDE)
 
@@ -342,7 +342,7 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         for group in (0, 1):
             masked = token_groups != group  # the other group and the padding get the mask token
             bev, depth_logits = self.decode_group(c4, c5, views, cameras, masked, token_groups, intrinsics,
-                                                  ego_from_camera, post_transform, bev_transform)
+                                                  ego_from_camera, processed_from_original, augmented_ego_from_ego)
             reconstructions.append(bev)
             depths.append(depth_logits)
         reconstruction = None if reconstructions[0] is None else torch.stack(reconstructions, 1)
@@ -368,11 +368,12 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                 reconstruction_loss = squared.mean()
             else:
                 region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics, ego_from_camera,
-                                                             post_transform, bev_transform) for g in (0, 1)], 1)
+                                                             processed_from_original, augmented_ego_from_ego)
+                                      for g in (0, 1)], 1)
                 reconstruction_loss = (squared * region).sum() / (region.sum() * squared.shape[2]).clamp(min=1)
             loss = reconstruction_loss
-        if labels is not None:
-            depth_loss = self.depth_loss(depth, labels)
+        if depth_labels is not None:
+            depth_loss = self.depth_loss(depth, depth_labels)
             weight = 1.0 if self.objective == "depth" else self.config.depth_loss_weight
             loss = weight * depth_loss if loss is None else loss + weight * depth_loss
         output = MaskedBEVModelingOutput(loss, reconstruction_loss, depth_loss, reconstruction, depth, target,
@@ -380,7 +381,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
-    def masked_bev_region(self, masked_tokens, intrinsics, ego_from_camera, post_transform, bev_transform):
+    def masked_bev_region(self, masked_tokens, intrinsics, ego_from_camera, processed_from_original,
+                          augmented_ego_from_ego):
         """(B, 1, Y, X) float, 1 on the target-grid cells that some frustum point of a masked feature cell
         (``masked_tokens`` (h', w') of the padded image, True where masked) falls into, at any depth bin."""
         batch, views = intrinsics.shape[:2]
@@ -389,32 +391,17 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         context = indicator.expand(batch, views, 1, height, width).contiguous()
         depth = torch.ones(batch, views, self.lift_splat.num_bins, height, width, device=intrinsics.device,
                            dtype=intrinsics.dtype)
-        hits = self.lift_splat(depth, context, intrinsics, ego_from_camera, post_transform, bev_transform)
+        hits = self.lift_splat(depth, context, intrinsics, ego_from_camera, processed_from_original,
+                               augmented_ego_from_ego)
         return (F.max_pool2d(hits, self.config.bev_downsample) > 0).to(hits.dtype)
 
-    def depth_loss(self, depth_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def depth_loss(self, depth_logits: torch.Tensor, depth_labels: torch.Tensor) -> torch.Tensor:
         """BEVDepth's depth BCE: softmax over bins against one-hot bins, summed over bins, averaged over
-        the pixels that have a depth, and over the groups. depth_logits (B, G, N, D, h, w); labels
+        the pixels that have a depth, and over the groups. depth_logits (B, G, N, D, h, w); depth_labels
         (B, N, h, w) metres."""
         groups = depth_logits.shape[1]
-        return torch.stack([depth_bce(depth_logits[:, g], labels, self.config.depth_bins) for g in range(groups)]).mean()
-
-    @torch.no_grad()
-    def depth_labels(self, lidar_points, ego_from_lidar, point_mask, intrinsics, ego_from_camera,
-                     post_transform) -> torch.Tensor:
-        """(B, N, h, w) nearest LiDAR depth per stride-16 block of each view, 0 where none."""
-        from .data.targets import depth_maps
-
-        if ego_from_lidar is None:
-            raise ValueError("lidar_points need ego_from_lidar (B, 4, 4) to be projected into the views")
-        maps = []
-        for b in range(lidar_points.shape[0]):
-            points = lidar_points[b] if point_mask is None else lidar_points[b][point_mask[b]]
-            maps.append(depth_maps(points.double().cpu().numpy(), ego_from_lidar[b].double().cpu().numpy(),
-                                   ego_from_camera[b].double().cpu().numpy(), intrinsics[b].double().cpu().numpy(),
-                                   post_transform[b].double().cpu().numpy(), tuple(self.config.image_size),
-                                   DECODER_STRIDE))
-        return torch.as_tensor(np.stack(maps), device=lidar_points.device)
+        return torch.stack([depth_bce(depth_logits[:, g], depth_labels, self.config.depth_bins)
+                            for g in range(groups)]).mean()
 
 
 class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
@@ -460,27 +447,27 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
             self.geomim.eval()
         return self
 
-    def lift(self, pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform):
+    def lift(self, pixel_values, intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego):
         """One frame's BEV (B, C, Y, X) and depth logits (B, N, D, h, w)."""
         features = self.geomim(pixel_values).feature_maps  # (B, N, C_s, H_s, W_s) per stage
         image = self.neck([f.flatten(0, 1) for f in features])  # (B*N, C, h', w') of the padded image
         height, width = self.lift_splat.feature_size
         image = image[..., :height, :width]
-        cameras = camera_vector(intrinsics, post_transform, ego_from_camera).flatten(0, 1).to(image.dtype)
+        cameras = camera_vector(intrinsics, processed_from_original, ego_from_camera).flatten(0, 1).to(image.dtype)
         return self.lift_splat.splat_views(*self.depth_net(image, cameras), intrinsics, ego_from_camera,
-                                           post_transform, bev_transform)
+                                           processed_from_original, augmented_ego_from_ego)
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         intrinsics: torch.Tensor,
         ego_from_camera: torch.Tensor,
-        post_transform: torch.Tensor,
-        bev_transform: torch.Tensor | None = None,
+        processed_from_original: torch.Tensor,
+        augmented_ego_from_ego: torch.Tensor | None = None,
         prev_pixel_values: torch.Tensor | None = None,
         prev_intrinsics: torch.Tensor | None = None,
         prev_ego_from_camera: torch.Tensor | None = None,
-        prev_post_transform: torch.Tensor | None = None,
+        prev_processed_from_original: torch.Tensor | None = None,
         ego_from_prev_ego: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         velocities: torch.Tensor | None = None,
@@ -491,24 +478,27 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         return_dict: bool = True,
     ):
         r"""
-        pixel_values (B, N, 3, H, W), intrinsics and post_transform (B, N, 3, 3), ego_from_camera
-        (B, N, 4, 4), bev_transform (B, 4, 4): the current keyframe, from the processor.
+        pixel_values (B, N, 3, H, W), intrinsics and processed_from_original (B, N, 3, 3), ego_from_camera
+        (B, N, 4, 4), augmented_ego_from_ego (B, 4, 4): the current keyframe, from the processor.
         prev_*: the previous keyframe's images and cameras (its own ego frame), and
         ego_from_prev_ego (B, 4, 4); without them the current frame stands in (a scene's first frame).
         Targets (ego frame, augmented like the images): boxes (B, K, 7), velocities (B, K, 2), labels
         and attributes (B, K), box_mask (B, K); depth_labels (B, N, h, w) LiDAR depth at stride 16.
         """
-        if bev_transform is None:
-            bev_transform = torch.eye(4, device=pixel_values.device).expand(pixel_values.shape[0], 4, 4)
-        bev, depth = self.lift(pixel_values, intrinsics, ego_from_camera, post_transform, bev_transform)
+        if augmented_ego_from_ego is None:
+            augmented_ego_from_ego = torch.eye(4, device=pixel_values.device).expand(pixel_values.shape[0], 4, 4)
+        bev, depth = self.lift(pixel_values, intrinsics, ego_from_camera, processed_from_original,
+                               augmented_ego_from_ego)
         if self.config.det_temporal:
             if prev_pixel_values is None:
                 previous = bev.detach()
             else:
                 with torch.no_grad():
-                    cameras_now = ego_from_prev_ego[:, None] @ prev_ego_from_camera  # where they were, in today's frame
-                    previous, _ = self.lift(prev_pixel_values, prev_intrinsics, cameras_now, prev_post_transform,
-                                            bev_transform)
+                    ego_from_prev_camera = ego_from_prev_ego[:,
+                                                             None] @ prev_ego_from_camera  # where they were, in today's frame
+                    previous, _ = self.lift(prev_pixel_values, prev_intrinsics, ego_from_prev_camera,
+                                            prev_processed_from_original,
+                                            augmented_ego_from_ego)
             bev = torch.cat([bev, previous], 1)
         bev_features = self.bev_encoder(bev)
         head = self.head(bev_features)

@@ -46,17 +46,17 @@ class TeacherFeatureCache:
             raise ValueError(f"cached features mirror exactly only on a grid centred on the ego: x {x_range}, "
                              f"y {y_range}")
 
-    def load(self, sample_tokens: list[str], bev_transform: torch.Tensor) -> torch.Tensor:
-        """(B, C, Y, X) features of the samples, mirrored as each ``bev_transform`` (B, 4, 4) says."""
+    def load(self, sample_tokens: list[str], augmented_ego_from_ego: torch.Tensor) -> torch.Tensor:
+        """(B, C, Y, X) features of the samples, mirrored as each ``augmented_ego_from_ego`` (B, 4, 4) says."""
         features = []
-        for token, transform in zip(sample_tokens, bev_transform.detach().cpu().double()):
+        for token, transform in zip(sample_tokens, augmented_ego_from_ego.detach().cpu().double()):
             path = os.path.join(self.directory, f"{token}.safetensors")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no cached teacher features for sample {token}: {path} is missing")
             linear = transform[:3, :3]
             if not torch.allclose(linear.abs(), torch.eye(3, dtype=linear.dtype), atol=1e-6) or transform[:3, 3].abs().max() > 1e-6:
-                raise ValueError(f"sample {token}: cached teacher features allow BEV mirrors only, got bev_transform "
-                                 f"{transform.tolist()}")
+                raise ValueError(f"sample {token}: cached teacher features allow BEV mirrors only, got "
+                                 f"augmented_ego_from_ego {transform.tolist()}")
             bev = load_file(path)["bev_features"]  # (C, Y, X)
             dims = [d for d, sign in ((-1, linear[0, 0]), (-2, linear[1, 1])) if sign < 0]
             features.append(torch.flip(bev, dims) if dims else bev)

@@ -1,8 +1,8 @@
 """Lift-Splat-Shoot: camera-aware depth, a frustum of points per feature pixel, BEV pooling.
 
 Frames: ``camera`` (x right, y down, z forward), ``ego`` (x forward, y left, z up), and the
-augmented ego frame ``bev_transform @ ego``. Pixels of a processed image relate to the original
-image by ``post_transform`` (pixel (i, j) centred at (i, j)). BEV tensors are (B, C, Y, X): cell
+augmented ego frame ``augmented_ego_from_ego @ ego``. Pixels of a processed image relate to the original
+image by ``processed_from_original`` (pixel (i, j) centred at (i, j)). BEV tensors are (B, C, Y, X): cell
 ``[iy, ix]`` covers ``x in [x_min + ix * res, x_min + (ix + 1) * res)`` and likewise for y.
 """
 
@@ -19,13 +19,14 @@ from .ops import BevPoolIndices, bev_pool, pool_indices
 CAMERA_VECTOR_SIZE = 22
 
 
-def camera_vector(intrinsics: torch.Tensor, post_transform: torch.Tensor, ego_from_camera: torch.Tensor) -> torch.Tensor:
+def camera_vector(intrinsics: torch.Tensor, processed_from_original: torch.Tensor,
+                  ego_from_camera: torch.Tensor) -> torch.Tensor:
     """The official 22 numbers per view: fx, fy, cx, cy; the image augmentation's 2x3 rows
     (r00, r01, t0, r10, r11, t1); camera-to-ego 3x4 row-major. Inputs (B, N, ...); returns (B, N, 22)."""
     k = intrinsics
     return torch.cat([
         torch.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1),
-        post_transform[..., :2, :3].flatten(-2),
+        processed_from_original[..., :2, :3].flatten(-2),
         ego_from_camera[..., :3, :4].flatten(-2),
     ], -1)
 
@@ -133,18 +134,19 @@ class LiftSplat(nn.Module):
         grid_d, grid_v, grid_u = torch.meshgrid(d, v, u, indexing="ij")
         return torch.stack([grid_u, grid_v, grid_d], -1)
 
-    def points_ego(self, intrinsics, ego_from_camera, post_transform, bev_transform=None) -> torch.Tensor:
+    def points_ego(self, intrinsics, ego_from_camera, processed_from_original,
+                   augmented_ego_from_ego=None) -> torch.Tensor:
         """(B, N, D, h, w, 3) frustum points in the (augmented) ego frame. Inputs (B, N, 3|4, 3|4)."""
         geometry = torch.float64  # metres far from the camera: keep the chain exact
         frustum = self.frustum(intrinsics.device, geometry)  # (D, h, w, 3)
         pixels = torch.cat([frustum[..., :2], torch.ones_like(frustum[..., :1])], -1)  # processed image
-        original_from_processed = torch.linalg.inv(post_transform.to(geometry))  # (B, N, 3, 3)
+        original_from_processed = torch.linalg.inv(processed_from_original.to(geometry))  # (B, N, 3, 3)
         camera_rays = torch.linalg.inv(intrinsics.to(geometry)) @ original_from_processed  # (B, N, 3, 3)
         rays = torch.einsum("bnij,dhwj->bndhwi", camera_rays, pixels)  # z = 1 in the camera frame
         points_camera = rays * frustum[..., 2:3]  # (B, N, D, h, w, 3)
         transform = ego_from_camera.to(geometry)
-        if bev_transform is not None:
-            transform = bev_transform.to(geometry)[:, None] @ transform
+        if augmented_ego_from_ego is not None:
+            transform = augmented_ego_from_ego.to(geometry)[:, None] @ transform
         return torch.einsum("bnij,bndhwj->bndhwi", transform[..., :3, :3], points_camera) + \
             transform[:, :, None, None, None, :3, 3]
 
@@ -156,42 +158,54 @@ class LiftSplat(nn.Module):
         inside &= (points_ego[..., 2] >= self.z_range[0]) & (points_ego[..., 2] < self.z_range[1])
         return torch.where(inside, y * self.grid_size[1] + x, torch.full_like(x, -1))
 
-    def indices(self, intrinsics, ego_from_camera, post_transform, bev_transform=None) -> BevPoolIndices:
-        """Pooling indices for a camera geometry, cached (a fixed rig hits the cache at inference)."""
-        parts = [intrinsics, ego_from_camera, post_transform] + ([bev_transform] if bev_transform is not None else [])
+    def indices(self, intrinsics, ego_from_camera, processed_from_original,
+                augmented_ego_from_ego=None) -> BevPoolIndices:
+        """Pooling indices for a camera geometry. At inference they are cached by geometry (a fixed rig hits
+        the cache every frame); in training, where augmentation makes every geometry new, they are
+        computed directly, without the host copy the cache key needs."""
+        if self.training:
+            return self._compute_indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
+        parts = [intrinsics, ego_from_camera, processed_from_original]
+        parts += [augmented_ego_from_ego] if augmented_ego_from_ego is not None else []
         key = b"".join(p.detach().to("cpu", torch.float64).contiguous().numpy().tobytes() for p in parts)
         key += str(intrinsics.shape).encode() + str(intrinsics.device).encode()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        with torch.no_grad():
-            cells = self.cell_index(self.points_ego(intrinsics, ego_from_camera, post_transform, bev_transform))
-            indices = pool_indices(cells, self.grid_size[0] * self.grid_size[1])
+        indices = self._compute_indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         self._cache[key] = indices
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return indices
 
+    @torch.no_grad()
+    def _compute_indices(self, intrinsics, ego_from_camera, processed_from_original,
+                         augmented_ego_from_ego) -> BevPoolIndices:
+        cells = self.cell_index(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
+                                                augmented_ego_from_ego))
+        return pool_indices(cells, self.grid_size[0] * self.grid_size[1])
+
     def forward(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
-                ego_from_camera: torch.Tensor, post_transform: torch.Tensor,
-                bev_transform: torch.Tensor | None = None) -> torch.Tensor:
+                ego_from_camera: torch.Tensor, processed_from_original: torch.Tensor,
+                augmented_ego_from_ego: torch.Tensor | None = None) -> torch.Tensor:
         """B batch, N views, D bins, C channels, h x w features, Y x X BEV.
 
-        depth: (B, N, D, h, w) probabilities; context: (B, N, C, h, w); intrinsics, post_transform:
-        (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); bev_transform: (B, 4, 4) or None.
+        depth: (B, N, D, h, w) probabilities; context: (B, N, C, h, w); intrinsics, processed_from_original:
+        (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); augmented_ego_from_ego: (B, 4, 4) or None.
         Returns (B, C, Y, X)."""
-        indices = self.indices(intrinsics, ego_from_camera, post_transform, bev_transform)
+        indices = self.indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         return bev_pool(depth, context, indices, self.grid_size, backend=self.kernel_backend)
 
     def splat_views(self, depth_logits: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
-                    ego_from_camera: torch.Tensor, post_transform: torch.Tensor,
-                    bev_transform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    ego_from_camera: torch.Tensor, processed_from_original: torch.Tensor,
+                    augmented_ego_from_ego: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The depth net's per-view outputs, (B*N, D, h, w) logits and (B*N, C, h, w) context, to BEV:
         returns (B, C, Y, X) and the logits as (B, N, D, h, w)."""
         batch, views = intrinsics.shape[:2]
         depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
         context = context.view(batch, views, *context.shape[1:])
-        bev = self(depth_logits.softmax(2), context, intrinsics, ego_from_camera, post_transform, bev_transform)
+        bev = self(depth_logits.softmax(2), context, intrinsics, ego_from_camera, processed_from_original,
+                   augmented_ego_from_ego)
         return bev, depth_logits
 
 

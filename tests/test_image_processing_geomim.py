@@ -17,21 +17,21 @@ def _blob(width, height, center, sigma=10.0):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_post_transform_is_where_the_pixels_go(training):
-    """A blob at a known sub-pixel position: its centroid after processing is post_transform @ position."""
+def test_processed_from_original_is_where_the_pixels_go(training):
+    """A blob at a known sub-pixel position: its centroid after processing is processed_from_original @ position."""
     processor = GeoMIMImageProcessor()
     rng = np.random.default_rng(0)
     errors = []
     for _ in range(12):
         center = np.array([rng.uniform(300, 1300), rng.uniform(500, 850)])
-        output, post_transform = processor.augment_view(_blob(1600, 900, center), training, rng)
+        output, processed_from_original = processor.augment_view(_blob(1600, 900, center), training, rng)
         weight = output[..., 0].astype(np.float64)
         weight[weight < 20] = 0
         if weight.sum() < 1000:
             continue  # rotated or cropped out of view
         rows, columns = np.mgrid[0:output.shape[0], 0:output.shape[1]]
         centroid = np.array([(weight * columns).sum(), (weight * rows).sum()]) / weight.sum()
-        errors.append(np.abs(centroid - (post_transform @ np.append(center, 1.0))[:2]).max())
+        errors.append(np.abs(centroid - (processed_from_original @ np.append(center, 1.0))[:2]).max())
     assert len(errors) >= 8 and max(errors) < 0.06  # a half-pixel convention slip would show as ~0.3
 
 
@@ -56,7 +56,7 @@ def test_augmented_views_see_3d_points_where_the_originals_do(nuscenes_root, tmp
                 if point[2] < 3:
                     continue
                 u0, v0 = (row["intrinsics"][view] @ point)[:2] / point[2]
-                u1, v1 = (out["post_transform"][0, view] @ row["intrinsics"][view] @ point)[:2] / point[2]
+                u1, v1 = (out["processed_from_original"][0, view] @ row["intrinsics"][view] @ point)[:2] / point[2]
                 inside = (2 <= u0 < 1598 and 2 <= v0 < 898 and 2 <= u1 < 702 and 2 <= v1 < 254)
                 if not inside:
                     continue
@@ -75,14 +75,15 @@ def test_outputs_shapes_and_determinism():
     ego_from_camera = np.tile(np.eye(4), (6, 1, 1))
     first = processor(views, intrinsics, ego_from_camera)
     assert first["pixel_values"].shape == (1, 6, 3, 64, 176) and first["pixel_values"].dtype == torch.float32
-    assert first["post_transform"].shape == (1, 6, 3, 3) and torch.equal(first["bev_transform"][0], torch.eye(4))
+    assert first["processed_from_original"].shape == (1, 6, 3, 3) and torch.equal(first["augmented_ego_from_ego"][0],
+                                                                                  torch.eye(4))
     again = processor([views, views], [intrinsics, intrinsics], [ego_from_camera, ego_from_camera])
     assert torch.equal(again["pixel_values"][1], first["pixel_values"][0])  # evaluation is deterministic
     a = processor(views, intrinsics, ego_from_camera, training=True, generator=3)
     b = processor(views, intrinsics, ego_from_camera, training=True, generator=3)
     c = processor(views, intrinsics, ego_from_camera, training=True, generator=4)
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and not torch.equal(a["pixel_values"], c["pixel_values"])
-    assert not torch.equal(a["bev_transform"][0], torch.eye(4))
+    assert not torch.equal(a["augmented_ego_from_ego"][0], torch.eye(4))
     with pytest.raises(ValueError, match="6 images but 5 intrinsics"):
         processor(views, intrinsics[:5], ego_from_camera)
     with pytest.raises(ValueError, match="return_depth=True needs lidar_points"):

@@ -5,7 +5,6 @@ import torch
 from geomim_hf import GeoMIMConfig
 from geomim_hf.data.geometry import make_transform
 from geomim_hf.synthetic.sensors import camera_rotation
-from geomim_hf.data.targets import depth_maps
 from geomim_hf.modeling_geomim import (
     GeoMIMForMaskedBEVModeling,
     GeoMIMModel,
@@ -31,12 +30,13 @@ def _inputs(config, batch=2, seed=0):
     ego_from_camera = torch.stack([torch.tensor(make_transform(camera_rotation(yaw), np.array([1.0, 0.0, 1.6])),
                                                 dtype=torch.float32)
                                    for yaw in np.linspace(0, 2 * np.pi, VIEWS, endpoint=False)]).expand(batch, -1, -1, -1)
-    post_transform = torch.eye(3).expand(batch, VIEWS, 3, 3).clone()
+    processed_from_original = torch.eye(3).expand(batch, VIEWS, 3, 3).clone()
     teacher = torch.randn(batch, config.target_channels, *config.target_grid_size, generator=generator)
     labels = torch.rand(batch, VIEWS, config.image_size[0] // 16, config.image_size[1] // 16, generator=generator) * 60
     mask = random_cell_mask(config, generator)
     return dict(pixel_values=pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera.clone(),
-                post_transform=post_transform, teacher_features=teacher, labels=labels, bool_masked_pos=mask)
+                processed_from_original=processed_from_original, teacher_features=teacher,
+                depth_labels=labels, bool_masked_pos=mask)
 
 
 def test_tiny_preset_is_a_few_million_parameters_and_runs():
@@ -113,7 +113,8 @@ def test_permuting_views_permutes_the_decoded_depth():
             torch.nn.init.normal_(parameter, std=0.05)
     inputs = _inputs(config, batch=1)
     order = torch.tensor([3, 0, 5, 1, 4, 2])
-    permuted = {k: (v[:, order] if k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "labels")
+    permuted = {k: (v[:, order] if k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                                         "depth_labels")
                     else v) for k, v in inputs.items()}
     with torch.no_grad():
         a, b = model(**inputs), model(**permuted)
@@ -153,20 +154,16 @@ def test_depth_loss_matches_a_hand_computation():
     torch.testing.assert_close(model.depth_loss(logits, labels), torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
 
 
-def test_depth_labels_from_points_equal_the_processor_targets():
+def test_labels_is_a_deprecated_name_for_depth_labels():
     config = _config()
-    model = GeoMIMForMaskedBEVModeling(config)
+    model = GeoMIMForMaskedBEVModeling(config).eval()
     inputs = _inputs(config, batch=1)
-    rng = np.random.default_rng(0)
-    points = torch.tensor(rng.uniform(-30, 30, (5000, 5)), dtype=torch.float32)
-    ego_from_lidar = torch.eye(4)[None]
-    labels = model.depth_labels(points[None], ego_from_lidar, None, inputs["intrinsics"], inputs["ego_from_camera"],
-                                inputs["post_transform"])
-    expected = depth_maps(points.numpy(), np.eye(4), inputs["ego_from_camera"][0].double().numpy(),
-                          inputs["intrinsics"][0].double().numpy(), inputs["post_transform"][0].double().numpy(),
-                          config.image_size, 16)
-    np.testing.assert_allclose(labels[0].numpy(), expected, rtol=1e-6)
-    assert (labels > 0).any()
+    with torch.no_grad():
+        expected = model(**inputs).depth_loss
+        depth = inputs.pop("depth_labels")
+        with pytest.warns(FutureWarning, match="depth_labels"):
+            old = model(**inputs, labels=depth).depth_loss
+    assert expected is not None and torch.equal(old, expected)
 
 
 def test_cross_view_attention_starts_as_identity_and_checkpointing_keeps_gradients():
@@ -264,7 +261,7 @@ def test_depth_objective_is_the_depth_loss_alone():
         out = model(**inputs)
     assert out.reconstruction is None and out.reconstruction_loss is None
     torch.testing.assert_close(out.loss, out.depth_loss)
-    torch.testing.assert_close(out.depth_loss, model.depth_loss(out.depth, inputs["labels"]))
+    torch.testing.assert_close(out.depth_loss, model.depth_loss(out.depth, inputs["depth_labels"]))
 
 
 def test_ablations_remove_what_they_name():
@@ -286,11 +283,12 @@ def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
     model = GeoMIMForMaskedBEVModeling(config).eval()
     inputs = _inputs(config)
     token_groups = model.geomim.encoder.token_groups(inputs["bool_masked_pos"].long(), 16)
-    bev_transform = torch.eye(4).expand(2, 4, 4)
+    augmented_ego_from_ego = torch.eye(4).expand(2, 4, 4)
     with torch.no_grad():
         region = model.masked_bev_region(token_groups != 0, inputs["intrinsics"], inputs["ego_from_camera"],
-                                         inputs["post_transform"], bev_transform)
-        points = model.lift_splat.points_ego(inputs["intrinsics"], inputs["ego_from_camera"], inputs["post_transform"])
+                                         inputs["processed_from_original"], augmented_ego_from_ego)
+        points = model.lift_splat.points_ego(inputs["intrinsics"], inputs["ego_from_camera"],
+                                             inputs["processed_from_original"])
     cells = model.lift_splat.cell_index(points)  # (B, N, D, h, w) on the pooling grid
     expected = torch.zeros(2, *config.target_grid_size)
     width = config.bev_grid_size[1]
@@ -301,9 +299,9 @@ def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
     assert 0 < expected.mean() < 1
     torch.testing.assert_close(region[:, 0], expected)
     with torch.no_grad():
-        out = model(**inputs, bev_transform=bev_transform)
+        out = model(**inputs, augmented_ego_from_ego=augmented_ego_from_ego)
         regions = torch.stack([model.masked_bev_region(token_groups != g, inputs["intrinsics"],
-                                                       inputs["ego_from_camera"], inputs["post_transform"],
-                                                       bev_transform) for g in (0, 1)], 1)
+                                                       inputs["ego_from_camera"], inputs["processed_from_original"],
+                                                       augmented_ego_from_ego) for g in (0, 1)], 1)
     squared = (out.reconstruction - out.target[:, None]) ** 2
     torch.testing.assert_close(out.reconstruction_loss, (squared * regions).sum() / (regions.sum() * squared.shape[2]))

@@ -17,7 +17,7 @@ def test_forward_post_process_and_the_previous_frame():
     torch.manual_seed(0)
     model = GeoMIMForBEVDetection(_config()).eval()
     inputs = _inputs(model.config, batch=2)
-    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")}
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")}
     previous = {f"prev_{k}": v for k, v in camera.items()}
     with torch.no_grad():
         alone = model(**camera)
@@ -53,7 +53,8 @@ def test_a_pretrained_encoder_serves_stride_8_features(tmp_path):
     assert "out_norms.1.weight" not in pretrained.geomim.state_dict()
     inputs = _inputs(detector.config, batch=1)
     with torch.no_grad():
-        out = detector(**{k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")})
+        out = detector(**{k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera",
+                                                 "processed_from_original")})
     assert out.depth.shape[-2:] == (8, 22) and out.heatmap.shape == (1, 10, 64, 64)
 
 
@@ -82,7 +83,7 @@ def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
     model.train()
     for step in range(250):
         batch = batches[step % len(batches)]
-        out = model(**{k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform",
+        out = model(**{k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
                                              "boxes", "velocities", "labels", "attributes", "box_mask")},
                     depth_labels=batch["depth_maps"])
         optimizer.zero_grad()
@@ -101,7 +102,7 @@ def test_the_first_step_does_not_spike():
     torch.manual_seed(0)
     model = GeoMIMForBEVDetection(_config(det_temporal=False)).train()
     inputs = _inputs(model.config, batch=2)
-    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "post_transform")}
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")}
     boxes = torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-20.0, -5.0, 0.9, 0.8, 0.7, 1.8, 1.0]]]).expand(2, -1, -1)
     out = model(**camera, boxes=boxes, velocities=torch.zeros(2, 2, 2), labels=torch.tensor([[0, 8]] * 2),
                 attributes=torch.tensor([[0, 5]] * 2), depth_labels=inputs["labels"])

@@ -10,9 +10,10 @@ from torch.utils.data import DataLoader
 from .geometry import invert_rigid
 from .targets import augment_boxes, augment_points
 
-FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform", "depth_maps",
+FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego",
+              "depth_maps",
               "ego_from_lidar", "global_from_ego", "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera",
-              "prev_post_transform", "ego_from_prev_ego")
+              "prev_processed_from_original", "ego_from_prev_ego")
 
 
 class GeoMIMDataset(torch.utils.data.Dataset):
@@ -30,7 +31,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         with_images: process the camera images; without them (a LiDAR-only model) only the BEV
             augmentation of points and boxes runs, and the images are never decoded.
         temporal: add the previous keyframe (BEVDet4D): ``prev_pixel_values``, ``prev_intrinsics``,
-            ``prev_ego_from_camera``, ``prev_post_transform`` (its images get the same augmentation)
+            ``prev_ego_from_camera``, ``prev_processed_from_original`` (its images get the same augmentation)
             and ``ego_from_prev_ego``; a scene's first keyframe is its own previous one.
     """
 
@@ -94,13 +95,13 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         ego_from_prev_ego = invert_rigid(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
         return {"prev_pixel_values": processed["pixel_values"][0], "prev_intrinsics": processed["intrinsics"][0],
                 "prev_ego_from_camera": processed["ego_from_camera"][0],
-                "prev_post_transform": processed["post_transform"][0],
+                "prev_processed_from_original": processed["processed_from_original"][0],
                 "ego_from_prev_ego": torch.as_tensor(ego_from_prev_ego, dtype=torch.float32)}
 
     def _points_only(self, row: dict, rng: np.random.Generator) -> dict:
-        augmented_from_ego = self.processor.sample_bev_transform(rng) if self.training else np.eye(4)
+        augmented_from_ego = self.processor.sample_augmented_ego_from_ego(rng) if self.training else np.eye(4)
         sample = {"sample_token": row["sample_token"],
-                  "bev_transform": torch.as_tensor(augmented_from_ego, dtype=torch.float32),
+                  "augmented_ego_from_ego": torch.as_tensor(augmented_from_ego, dtype=torch.float32),
                   "ego_from_lidar": torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32),
                   "global_from_ego": torch.as_tensor(np.asarray(row["global_from_ego"]), dtype=torch.float64),
                   "lidar_points": torch.from_numpy(augment_points(row["lidar_points"], row["ego_from_lidar"],

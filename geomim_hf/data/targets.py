@@ -10,7 +10,7 @@ from .geometry import invert_rigid, transform_points
 
 def project_points(points_lidar: np.ndarray, camera_from_lidar: np.ndarray, image_from_camera: np.ndarray):
     """Pixel coordinates (P, 2) and camera depths (P,) of (P, 3) LiDAR points; ``image_from_camera``
-    is any 3x3 projection, e.g. ``post_transform @ intrinsics``. Pixel (i, j) is centred at (i, j)."""
+    is any 3x3 projection, e.g. ``processed_from_original @ intrinsics``. Pixel (i, j) is centred at (i, j)."""
     points_camera = transform_points(camera_from_lidar, points_lidar)
     depth = points_camera[:, 2]
     pixels = points_camera @ image_from_camera.T
@@ -24,7 +24,7 @@ def depth_maps(
     ego_from_lidar: np.ndarray,
     ego_from_camera: np.ndarray,
     intrinsics: np.ndarray,
-    post_transform: np.ndarray,
+    processed_from_original: np.ndarray,
     image_size: tuple[int, int],
     stride: int,
     min_depth: float = 1e-3,
@@ -32,7 +32,7 @@ def depth_maps(
     """Nearest LiDAR depth per ``stride`` x ``stride`` block of each (augmented) view.
 
     points_lidar: (P, >=3); ego_from_lidar: (4, 4); ego_from_camera: (N, 4, 4); intrinsics and
-    post_transform: (N, 3, 3); image_size: (H, W) of the augmented images. Returns (N, H // stride,
+    processed_from_original: (N, 3, 3); image_size: (H, W) of the augmented images. Returns (N, H // stride,
     W // stride) camera-z depths in metres, 0 where no point falls (min-pooled as the official
     GeoMIM and BEVDepth targets)."""
     height, width = image_size
@@ -41,7 +41,7 @@ def depth_maps(
     xyz = np.asarray(points_lidar, np.float64)[:, :3]
     for view in range(len(ego_from_camera)):
         camera_from_lidar = invert_rigid(ego_from_camera[view]) @ ego_from_lidar
-        uv, depth = project_points(xyz, camera_from_lidar, post_transform[view] @ intrinsics[view])
+        uv, depth = project_points(xyz, camera_from_lidar, processed_from_original[view] @ intrinsics[view])
         column = np.floor((uv[:, 0] + 0.5) / stride)
         row = np.floor((uv[:, 1] + 0.5) / stride)
         keep = (depth > min_depth) & (column >= 0) & (column < columns) & (row >= 0) & (row < rows)

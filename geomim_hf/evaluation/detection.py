@@ -11,8 +11,8 @@ from ..data import load_nuscenes, make_dataloader
 from .nuscenes import DEFAULT_META, evaluate_nuscenes, format_metrics, write_nuscenes_submission
 
 # What the detectors read from a batch, besides their targets: the camera detector and the LiDAR teacher.
-DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "post_transform", "bev_transform",
-                   "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera", "prev_post_transform",
+DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego",
+                   "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original",
                    "ego_from_prev_ego")
 LIDAR_DETECTOR_INPUTS = ("lidar_points", "ego_from_lidar", "point_mask")
 

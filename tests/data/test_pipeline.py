@@ -32,7 +32,8 @@ def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path)
     assert len(batches[0]) == 3
     for first, second in zip(batches[0], batches[2]):
         assert first["sample_token"] == second["sample_token"]
-        for key in ("pixel_values", "post_transform", "bev_transform", "depth_maps", "boxes", "lidar_points"):
+        for key in ("pixel_values", "processed_from_original", "augmented_ego_from_ego", "depth_maps", "boxes",
+                    "lidar_points"):
             assert torch.equal(first[key], second[key]), key
     batch = batches[0][0]
     assert batch["depth_maps"].shape == (2, 6, 8, 22) and (batch["depth_maps"] > 0).any()
@@ -40,10 +41,10 @@ def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path)
 
     # Augmentations depend on (seed, epoch, index) only: a new epoch draws new ones.
     dataset = GeoMIMDataset(rows, processor, training=True, seed=7)
-    first = dataset[0]["bev_transform"]
-    assert torch.equal(dataset[0]["bev_transform"], first)
+    first = dataset[0]["augmented_ego_from_ego"]
+    assert torch.equal(dataset[0]["augmented_ego_from_ego"], first)
     dataset.set_epoch(1)
-    assert not torch.equal(dataset[0]["bev_transform"], first)
+    assert not torch.equal(dataset[0]["augmented_ego_from_ego"], first)
 
 
 def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
@@ -59,7 +60,8 @@ def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
         for epoch in (0, 1, 2):
             loader.dataset.set_epoch(epoch)
             transforms[workers, epoch] = {token: transform for batch in loader
-                                          for token, transform in zip(batch["sample_token"], batch["bev_transform"])}
+                                          for token, transform in zip(batch["sample_token"],
+                                                                      batch["augmented_ego_from_ego"])}
     for epoch in (0, 1, 2):
         expected, actual = transforms[0, epoch], transforms[2, epoch]
         assert expected.keys() == actual.keys()

@@ -11,21 +11,21 @@ def _random_rig(rng, views=3):
                                            -np.pi / 2 + yaw), rng.normal(0, 0.5, 3))
         for yaw in np.linspace(0, 2 * np.pi, views, endpoint=False)])
     intrinsics = np.stack([np.array([[300.0, 0, 160], [0, 300.0, 90], [0, 0, 1]])] * views)
-    post_transform = np.stack([np.array([[0.9, 0.05, -3.0], [-0.05, 0.9, 4.0], [0, 0, 1.0]])] * views)
-    return ego_from_camera, intrinsics, post_transform
+    processed_from_original = np.stack([np.array([[0.9, 0.05, -3.0], [-0.05, 0.9, 4.0], [0, 0, 1.0]])] * views)
+    return ego_from_camera, intrinsics, processed_from_original
 
 
 def test_depth_maps_match_a_per_point_loop():
     rng = np.random.default_rng(0)
-    ego_from_camera, intrinsics, post_transform = _random_rig(rng)
+    ego_from_camera, intrinsics, processed_from_original = _random_rig(rng)
     ego_from_lidar = make_transform(rotation_from_euler(0.01, -0.02, 0.3), np.array([1.0, 0.0, 1.8]))
     points = rng.uniform(-40, 40, size=(20000, 4))
     points[:, 2] = rng.uniform(-2, 3, len(points))
-    maps = depth_maps(points, ego_from_lidar, ego_from_camera, intrinsics, post_transform, (180, 320), 16)
+    maps = depth_maps(points, ego_from_lidar, ego_from_camera, intrinsics, processed_from_original, (180, 320), 16)
     expected = np.zeros((3, 180 // 16, 320 // 16))
     for view in range(3):  # slow and obviously right
         camera_from_lidar = np.linalg.inv(ego_from_camera[view]) @ ego_from_lidar
-        projection = post_transform[view] @ intrinsics[view]
+        projection = processed_from_original[view] @ intrinsics[view]
         for point in points:
             x, y, z = (camera_from_lidar @ np.append(point[:3], 1.0))[:3]
             if z <= 1e-3:

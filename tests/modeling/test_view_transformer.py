@@ -40,7 +40,7 @@ def test_a_feature_at_a_known_pixel_and_depth_lands_in_its_cell(backend):
     assert bev.shape == (1, 3, 64, 64)
     assert torch.nonzero(bev[0, 0]).tolist() == [[32, 38]] and bev[0, :, 32, 38].tolist() == [1.0, 2.0, 3.0]
 
-    # The same ray after the image was halved (post_transform) through a camera calibrated at full size.
+    # The same ray after the image was halved (processed_from_original) through a camera calibrated at full size.
     intrinsics_full, _ = _camera((175.5, 79.5), scale=2.0)
     halve = torch.tensor([[[[0.5, 0, -0.25], [0, 0.5, -0.25], [0, 0, 1.0]]]])  # x' = (x + 1/2) / 2 - 1/2
     bev = lift_splat(depth, context, intrinsics_full, ego_from_camera, halve)
@@ -57,8 +57,8 @@ def test_a_feature_at_a_known_pixel_and_depth_lands_in_its_cell(backend):
     assert torch.nonzero(bev[0, 0]).tolist() == [[39, 32]]
 
 
-def test_points_outside_the_grid_are_dropped_and_indices_are_cached():
-    lift_splat = _lift_splat()
+def test_points_outside_the_grid_are_dropped_and_indices_are_cached_at_inference():
+    lift_splat = _lift_splat().eval()
     depth, context = _one_feature(lift_splat, depth_bin=29)  # 59 m: beyond the 51.2 m grid
     intrinsics, ego_from_camera = _camera((87.5, 39.5))
     post = torch.eye(3)[None, None]
@@ -68,6 +68,15 @@ def test_points_outside_the_grid_are_dropped_and_indices_are_cached():
     moved = ego_from_camera.clone()
     moved[..., 0, 3] += 0.1
     assert lift_splat.indices(intrinsics, moved, post) is not lift_splat.indices(intrinsics, ego_from_camera, post)
+
+    # In training every augmented geometry is new: the indices are computed afresh (the same), never cached.
+    cached = lift_splat.indices(intrinsics, ego_from_camera, post)
+    lift_splat.train()
+    lift_splat._cache.clear()
+    fresh = lift_splat.indices(intrinsics, ego_from_camera, post)
+    assert fresh is not cached and not lift_splat._cache
+    for name in ("ranks_depth", "ranks_context", "ranks_cell", "interval_starts", "interval_lengths"):
+        assert torch.equal(getattr(fresh, name), getattr(cached, name)), name
 
 
 def test_camera_vector_layout():
