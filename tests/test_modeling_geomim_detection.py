@@ -105,7 +105,7 @@ def test_the_first_step_does_not_spike():
     camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")}
     boxes = torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3], [-20.0, -5.0, 0.9, 0.8, 0.7, 1.8, 1.0]]]).expand(2, -1, -1)
     out = model(**camera, boxes=boxes, velocities=torch.zeros(2, 2, 2), labels=torch.tensor([[0, 8]] * 2),
-                attributes=torch.tensor([[0, 5]] * 2), depth_labels=inputs["labels"])
+                attributes=torch.tensor([[0, 5]] * 2), depth_labels=inputs["depth_labels"])
     out.loss.backward()
     assert out.regression.abs().max() < 0.5
     uniform = torch.full((model.config.det_num_depth_bins,), 1 / model.config.det_num_depth_bins)
