@@ -71,7 +71,7 @@ def model_step_seconds(batch: dict, steps: int = 5) -> float:
     times = []
     for step in range(steps + 1):
         started = time.perf_counter()
-        out = model(**inputs, teacher_features=teacher, labels=batch.get("depth_maps"),
+        out = model(**inputs, teacher_features=teacher, depth_labels=batch.get("depth_maps"),
                     bool_masked_pos=random_cell_mask(config, generator))
         optimizer.zero_grad()
         out.loss.backward()
