@@ -45,7 +45,7 @@ def nuscenes_geometry(batch: int, image_size: tuple[int, int], device):
 def lss_cumsum_pool(depth, context, cell_index, grid_size):
     """The LSS peer: lifted = depth x context materialised, points outside dropped, sorted by cell,
     summed per cell with the cumulative-sum trick. depth (B, N, D, h, w), context (B, N, C, h, w),
-    cell_index (B, N, D, h, w) from ``LiftSplat.cell_index``. Returns (B, C, Y, X)."""
+    cell_index (B, N, D, h, w) from ``BevGrid.cell_of``. Returns (B, C, Y, X)."""
     batch, views, channels = context.shape[:3]
     lifted = depth.unsqueeze(-1) * context.permute(0, 1, 3, 4, 2).unsqueeze(2)  # (B, N, D, h, w, C)
     cells_per_sample = grid_size[0] * grid_size[1]
@@ -87,37 +87,37 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     config = GeoMIMConfig.from_preset("geomim-swin-b")
-    # (name, depth bins, context channels, BEV range, cell): finetuning's and pretraining's splats.
-    shapes = [("detection (59 bins, 80 ch, 128x128)", config.det_depth_bins, config.det_context_channels,
-               config.det_bev_x_range, config.det_bev_y_range, config.det_bev_z_range, config.det_bev_resolution),
-              ("pretraining (118 bins, 80 ch, 360x360)", config.depth_bins, config.context_channels,
-               config.bev_x_range, config.bev_y_range, config.bev_z_range, config.bev_resolution)]
+    # (name, depth bins, context channels, BEV grid): finetuning's and pretraining's splats.
+    shapes = [("detection (59 bins, 80 ch, 128x128)", config.detection_depth_bins, config.det_context_channels,
+               config.detection_grid),
+              ("pretraining (118 bins, 80 ch, 360x360)", config.pretraining_depth_bins, config.context_channels,
+               config.pretraining_grid)]
     dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
     backends = ["triton", "torch"] if device.type == "cuda" else ["torch"]
     print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, batch {args.batch} x 6 "
           f"views, image {tuple(config.image_size)}, forward + backward, mean of {args.iters} after {args.warmup}")
     print(f"{'shape':40} {'dtype':9} {'LSS cumsum ms':>14} " + " ".join(f"{'ours ' + b + ' ms':>16}" for b in backends)
           + " " + " ".join(f"{'LSS / ' + b:>14}" for b in backends))
-    for name, bins, channels, x_range, y_range, z_range, resolution in shapes:
-        splat = LiftSplat(config.image_size, 16, bins, x_range, y_range, z_range, resolution)
+    for name, bins, channels, grid in shapes:
+        splat = LiftSplat(config.image_size, 16, depth_bins=bins, grid=grid)
         geometry = nuscenes_geometry(args.batch, config.image_size, device)
-        cells = splat.cell_index(splat.points_ego(*geometry))  # (B, N, D, h, w)
+        cells = grid.cell_of(splat.points_ego(*geometry))  # (B, N, D, h, w)
         indices = splat.indices(*geometry)
         generator = torch.Generator(device=device).manual_seed(0)
         for dtype in dtypes:
             depth = torch.rand(cells.shape, generator=generator, device=device).softmax(2).to(dtype).requires_grad_()
             context = torch.randn(*cells.shape[:2], channels, *cells.shape[3:], generator=generator,
                                   device=device).to(dtype).requires_grad_()
-            weights = torch.randn(args.batch, channels, *splat.grid_size, device=device, dtype=dtype)
+            weights = torch.randn(args.batch, channels, *grid.size, device=device, dtype=dtype)
 
             def step(pool):
                 (pool() * weights).sum().backward()
 
-            peer = lambda: lss_cumsum_pool(depth, context, cells, splat.grid_size)  # noqa: E731
+            peer = lambda: lss_cumsum_pool(depth, context, cells, grid.size)  # noqa: E731
             expected = peer().float()
             times = {"LSS": time_ms(lambda: step(peer), device, args.warmup, args.iters)}
             for backend in backends:
-                ours = lambda: bev_pool(depth, context, indices, splat.grid_size, backend=backend)  # noqa: E731
+                ours = lambda: bev_pool(depth, context, indices, grid.size, backend=backend)  # noqa: E731
                 torch.testing.assert_close(ours().float(), expected, atol=5e-2 if dtype == torch.bfloat16 else 1e-3,
                                            rtol=2e-2 if dtype == torch.bfloat16 else 1e-4)
                 times[backend] = time_ms(lambda: step(ours), device, args.warmup, args.iters)

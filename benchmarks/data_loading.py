@@ -65,7 +65,7 @@ def model_step_seconds(batch: dict, steps: int = 5) -> float:
     model = GeoMIMForMaskedBEVModeling(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    teacher = torch.randn(len(batch["sample_token"]), config.target_channels, *config.target_grid_size)
+    teacher = torch.randn(len(batch["sample_token"]), config.target_channels, *config.target_grid.size)
     inputs = {k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
                                     "augmented_ego_from_ego")}
     times = []

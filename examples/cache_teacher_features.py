@@ -46,11 +46,11 @@ def main(argv=None) -> None:
                                             batch["point_mask"].to(args.device))
             for token, bev in zip(batch["sample_token"], features):
                 write_features(args.output_dir, token, bev)
-    config = teacher.config
+    config, grid = teacher.config, teacher.config.target_grid
     write_index(args.output_dir, {"teacher": os.path.abspath(args.teacher), "split": args.split,
-                                  "sweeps": args.sweeps, "samples": len(rows), "x_range": list(config.x_range),
-                                  "y_range": list(config.y_range), "channels": config.target_channels,
-                                  "resolution": config.target_resolution})
+                                  "sweeps": args.sweeps, "samples": len(rows), "x_range": list(grid.x_range),
+                                  "y_range": list(grid.y_range), "channels": config.target_channels,
+                                  "resolution": grid.resolution})
     print(f"cached teacher features of {len(rows)} samples in {args.output_dir}")
 
 

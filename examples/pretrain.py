@@ -101,6 +101,8 @@ def main(argv=None) -> None:
         teacher = load_teacher(args.teacher)  # frozen, either kind
         teacher.config.check_student(config)
         cache = TeacherFeatureCache(args.teacher_features) if args.teacher_features else None
+        if cache is not None:
+            config.check_teacher(f"the teacher features in {args.teacher_features}", cache.grid, cache.channels)
     targets = "pixels" if args.objective == "pixel" else "LiDAR depth" if args.objective == "depth" else \
         "from " + args.teacher_features if cache else "by the frozen teacher"
     logger.info(f"student {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; objective "

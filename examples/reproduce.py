@@ -34,9 +34,12 @@ stage.
 stage's small results (metrics, learning curves, summaries, loss histories, and the LiDAR teacher's
 weights, about 1 MB) are copied to ``DIR`` along with the tables, and copied back into ``--out`` on the
 next run, so a study run in pieces on fresh machines goes on where it was. ``DIR`` is what you commit.
-A pretrained encoder is not recorded (it is pretrained again when a later cell needs it); the sha256
-of its weights is, and a pretraining that does not reproduce them says so. The world is rewritten
-from its seed; its tables' sha256 is recorded, and a world that differs is refused.
+Of a pretraining the encoder is recorded (``encoder.safetensors``, the weights finetuning loads: 6 MB at
+``geomim-small``), not the decoder, and restored as the pretraining's ``model.safetensors``, so a later
+machine finetunes from the same encoder without pretraining again; a pretraining run again (its encoder
+removed from the record) that does not reproduce the recorded encoder says so. The world is rewritten
+from its seed (with one BLAS kernel, so that it is the same on every x86 machine); its tables' sha256 is
+recorded, and a world that differs is refused.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,12 +86,14 @@ RECIPES = {
 }
 
 # A finished stage's files that later stages, the tables or a reader need, copied to --record; the teacher's
-# weights too (cached features and every geomim pretraining need it). A pretraining is not restored: its
-# encoder is too large to commit, so only its summary, history and weights' sha256 are kept.
+# weights too (cached features and every geomim pretraining need it). Of a pretraining only the encoder is
+# kept: the decoder is three quarters of its weights and no finetuning reads it.
 RECORDED = ("metrics.json", "learning_curve.json", "training_summary.json", "pretrain_summary.json",
             "loss_history.jsonl")
 TEACHER_WEIGHTS = ("config.json", "model.safetensors")
-WEIGHTS_HASH = "model.safetensors.sha256"
+ENCODER = "encoder.safetensors"
+# OpenBLAS's kernel for writing the world (any x86-64 CPU with AVX2 runs it): the one the record's world used.
+WORLD_BLAS_KERNEL = "Haswell"
 
 
 @dataclass(frozen=True)
@@ -236,34 +242,64 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def copy_files(source: str, target: str, names, overwrite: bool) -> None:
-    """Copy the ``names`` present in ``source`` to ``target``, each atomically (a stop never leaves half a file)."""
+def copy_files(source: str, target: str, names, overwrite: bool, renamed: dict | None = None) -> None:
+    """Copy the ``names`` present in ``source`` to ``target`` (as ``renamed[name]`` where given), each atomically
+    (a stop never leaves half a file)."""
     for name in names:
-        if os.path.isfile(os.path.join(source, name)) and (overwrite or not os.path.isfile(os.path.join(target, name))):
+        target_name = (renamed or {}).get(name, name)
+        if os.path.isfile(os.path.join(source, name)) and \
+                (overwrite or not os.path.isfile(os.path.join(target, target_name))):
             os.makedirs(target, exist_ok=True)
-            shutil.copyfile(os.path.join(source, name), os.path.join(target, name + ".partial"))
-            os.replace(os.path.join(target, name + ".partial"), os.path.join(target, name))
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, target_name + ".partial"))
+            os.replace(os.path.join(target, target_name + ".partial"), os.path.join(target, target_name))
 
 
-def record_stage(output_dir: str, recorded: str, done_file: str, restorable: bool, weights=()) -> None:
+def save_encoder(model: str, path: str) -> None:
+    """Write the encoder's tensors of a pretraining's ``model`` (the ``geomim.`` keys, all that
+    ``GeoMIMForBEVDetection.from_pretrained`` loads from it) to ``path``, atomically."""
+    from safetensors.torch import load_file, save_file
+
+    from geomim_hf import GeoMIMPreTrainedModel
+
+    prefix = GeoMIMPreTrainedModel.base_model_prefix + "."
+    encoder = {key: value for key, value in load_file(model).items() if key.startswith(prefix)}
+    save_file(encoder, path + ".partial", metadata={"format": "pt"})
+    os.replace(path + ".partial", path)
+
+
+def same_tensors(path_a: str, path_b: str) -> bool:
+    from safetensors.torch import load_file
+
+    a, b = load_file(path_a), load_file(path_b)
+    return a.keys() == b.keys() and all(a[key].dtype == b[key].dtype and a[key].equal(b[key]) for key in a)
+
+
+def record_stage(output_dir: str, recorded: str, done_file: str, restorable: bool, weights=(),
+                 encoder: bool = False) -> None:
     """Keep a stage in the record: copy a recorded stage back into ``output_dir`` when that lacks it (if it is
     ``restorable``), and copy a finished stage's results and ``weights`` into ``recorded``. Of a pretraining
-    (not restorable) the weights' sha256 is recorded, and a new run that differs from it is reported."""
-    if restorable and not os.path.isfile(os.path.join(output_dir, done_file)):
-        copy_files(recorded, output_dir, (*RECORDED, *weights), overwrite=False)
-    if not os.path.isfile(os.path.join(output_dir, done_file)):
+    (``encoder``) the encoder is recorded and restored as its ``model.safetensors``; a pretraining run again
+    that does not reproduce the recorded encoder is reported."""
+    done = os.path.join(output_dir, done_file)
+    if not os.path.isfile(done):
+        if restorable:
+            copy_files(recorded, output_dir, (*RECORDED, *weights), overwrite=False)
+        elif encoder and os.path.isfile(os.path.join(recorded, ENCODER)) and \
+                os.path.isfile(os.path.join(recorded, done_file)):
+            copy_files(recorded, output_dir, ("config.json", ENCODER), overwrite=True)
+            copy_files(output_dir, output_dir, (ENCODER,), overwrite=True, renamed={ENCODER: "model.safetensors"})
+            copy_files(recorded, output_dir, [name for name in RECORDED if name != done_file], overwrite=True)
+            copy_files(recorded, output_dir, (done_file,), overwrite=True)  # last: the stage is done once it is there
+    if not os.path.isfile(done):
         return
-    copy_files(output_dir, recorded, (*RECORDED, *weights), overwrite=True)
-    model = os.path.join(output_dir, "model.safetensors")
-    if restorable or not os.path.isfile(model):
-        return
-    digest, hash_file = sha256(model), os.path.join(recorded, WEIGHTS_HASH)
-    if os.path.isfile(hash_file) and open(hash_file).read().strip() != digest:
-        print(f"note: {output_dir} did not reproduce the recorded weights bit for bit (sha256 {digest[:12]} "
-              f"against {open(hash_file).read()[:12]}); the cells finetuned from now on use these", flush=True)
-    else:
-        with open(hash_file, "w") as handle:
-            handle.write(digest + "\n")
+    if encoder and not os.path.isfile(os.path.join(output_dir, ENCODER)):
+        save_encoder(os.path.join(output_dir, "model.safetensors"), os.path.join(output_dir, ENCODER))
+    if encoder and os.path.isfile(os.path.join(recorded, ENCODER)) and \
+            not same_tensors(os.path.join(output_dir, ENCODER), os.path.join(recorded, ENCODER)):
+        print(f"note: {output_dir} did not reproduce the recorded encoder bit for bit; the cells finetuned from "
+              "now on use this one, and the record keeps it", flush=True)
+    copy_files(output_dir, recorded, (*RECORDED, *weights, *(("config.json", ENCODER) if encoder else ())),
+               overwrite=True)
 
 
 def check_world(dataroot: str, record: str) -> None:
@@ -376,7 +412,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
 
     def stage(name: str, script: str, output_dir: str, arguments: list[str], done_file: str, restorable: bool = True,
-              weights=(), needs=None) -> None:
+              weights=(), needs=None, encoder: bool = False) -> None:
         """Run a stage unless it is done (in --out, or in the record); ``needs`` runs first, only if it will run
         (a finetuning cell's pretraining)."""
         nonlocal stages_run
@@ -384,7 +420,7 @@ def main(argv=None) -> None:
         if output_dir == teacher and recorded:
             recorded = os.path.join(args.record, "teacher")
         if recorded:
-            record_stage(output_dir, recorded, done_file, restorable, weights)
+            record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
         if not os.path.isfile(os.path.join(output_dir, done_file)) and needs is not None:
             needs()
         if args.max_stages is not None and stages_run >= args.max_stages:
@@ -392,17 +428,20 @@ def main(argv=None) -> None:
         if run_stage(name, script, output_dir, arguments, done_file):
             stages_run += 1
             if recorded:
-                record_stage(output_dir, recorded, done_file, restorable, weights)
+                record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
             write_results(out, collect(out, args, budget, recipes), args.record)
 
     recipes: dict = {}  # each arm's finetuning recipe, once the search has chosen it
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
-        from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
-
         print(f"writing a synthetic {VERSION} world of {budget.scenes} x {budget.samples_per_scene} keyframes to "
               f"{dataroot}", flush=True)
-        write_nuscenes(dataroot, num_scenes=budget.scenes, samples_per_scene=budget.samples_per_scene, seed=0,
-                       version=VERSION, camera_sweeps=0, lidar_sweeps=0, workers=max(budget.workers, 1))
+        # The simulator's poses go through numpy's BLAS, whose kernel (picked per CPU) changes their last bits:
+        # one kernel on every machine keeps the world's tables bit for bit the recorded ones.
+        subprocess.run([sys.executable, "-m", "geomim_hf.synthetic", "--format", "nuscenes", "--version", VERSION,
+                        "--out", dataroot, "--scenes", str(budget.scenes), "--samples-per-scene",
+                        str(budget.samples_per_scene), "--seed", "0", "--camera-sweeps", "0", "--lidar-sweeps", "0",
+                        "--workers", str(max(budget.workers, 1)), "--overwrite"],
+                       check=True, env={**os.environ, "OPENBLAS_CORETYPE": WORLD_BLAS_KERNEL})
     if args.record:
         check_world(dataroot, args.record)
 
@@ -429,7 +468,7 @@ def main(argv=None) -> None:
                   [*data, "--train-split", "train", "--seed", str(seed), "--model-config", budget.preset, *ARMS[arm],
                    *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
                    "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
-                  "pretrain_summary.json", restorable=False)
+                  "pretrain_summary.json", restorable=False, encoder=True)
 
     def init_of(arm: str, seed: int) -> list[str]:
         stages = ["--out-indices", *map(str, budget.out_indices)] if budget.out_indices else []

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     config = GeoMIMLidarTeacherConfig.for_student(student, **TEACHER_PRESETS.get(args.model_config, {}))
     model = GeoMIMLidarTeacher(config)
     logger.info(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, pillars "
-                f"{config.pillar_size} m, target stage {config.target_channels} x {student.target_grid_size}",
+                f"{config.pillar_size} m, target stage {config.target_channels} x {student.target_grid.size}",
                 main_process_only=True)
 
     with accelerator.main_process_first():

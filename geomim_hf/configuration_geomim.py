@@ -11,6 +11,7 @@ import os
 from transformers import PreTrainedConfig
 
 from .data.classes import NUSCENES_DETECTION_CLASSES
+from .modeling.grids import BevGrid, DepthBins
 
 
 PRETRAIN_OBJECTIVES = ("geomim", "pixel", "depth")
@@ -239,35 +240,39 @@ class GeoMIMConfig(PreTrainedConfig):
         return tuple(self.patch_size * 2**i for i in range(self.num_stages))
 
     @property
-    def num_depth_bins(self) -> int:
-        start, stop, step = self.depth_bins
-        return int(round((stop - start) / step))
+    def pretraining_depth_bins(self) -> DepthBins:
+        """The depth bins the pretraining decoder predicts and lifts with (``depth_bins``)."""
+        return DepthBins(*self.depth_bins)
 
     @property
-    def det_num_depth_bins(self) -> int:
-        start, stop, step = self.det_depth_bins
-        return int(round((stop - start) / step))
+    def detection_depth_bins(self) -> DepthBins:
+        """The detector's depth bins (``det_depth_bins``)."""
+        return DepthBins(*self.det_depth_bins)
 
     @property
-    def bev_grid_size(self) -> tuple[int, int]:
-        """(Y, X) cells of the pooling grid."""
-        return (int(round((self.bev_y_range[1] - self.bev_y_range[0]) / self.bev_resolution)),
-                int(round((self.bev_x_range[1] - self.bev_x_range[0]) / self.bev_resolution)))
+    def pretraining_grid(self) -> BevGrid:
+        """The pretraining Lift-Splat pooling grid (``bev_*``)."""
+        return BevGrid(self.bev_x_range, self.bev_y_range, self.bev_resolution, self.bev_z_range)
 
     @property
-    def target_grid_size(self) -> tuple[int, int]:
-        """(Y, X) cells of the teacher's target grid."""
-        return tuple(size // self.bev_downsample for size in self.bev_grid_size)
+    def target_grid(self) -> BevGrid:
+        """The LiDAR teacher's target grid: the pooling grid coarsened by ``bev_downsample``."""
+        return self.pretraining_grid.coarsened(self.bev_downsample)
 
-    def check_teacher(self, teacher: str, x_range, y_range, cell: float, channels: int) -> None:
-        """Fail, naming the fields, unless a teacher's BEV map (extent in metres, ``cell`` metres, ``channels``)
-        is this student's target grid. ``teacher`` names it in the message."""
-        problems = []
-        if tuple(x_range) != tuple(self.bev_x_range) or tuple(y_range) != tuple(self.bev_y_range):
-            problems.append(f"extent x {tuple(x_range)} y {tuple(y_range)} vs the student's bev_x_range "
+    @property
+    def detection_grid(self) -> BevGrid:
+        """The detector's Lift-Splat grid, which is also its head's output grid (``det_bev_*``)."""
+        return BevGrid(self.det_bev_x_range, self.det_bev_y_range, self.det_bev_resolution, self.det_bev_z_range)
+
+    def check_teacher(self, teacher: str, grid: BevGrid, channels: int) -> None:
+        """Fail, naming the fields, unless a teacher's BEV map (its ego-frame ``grid``, ``channels``) is this
+        student's target grid. ``teacher`` names it in the message."""
+        problems, target = [], self.target_grid
+        if (grid.x_range, grid.y_range) != (target.x_range, target.y_range):
+            problems.append(f"extent x {grid.x_range} y {grid.y_range} vs the student's bev_x_range "
                             f"{self.bev_x_range} bev_y_range {self.bev_y_range}")
-        if abs(cell - self.bev_resolution * self.bev_downsample) > 1e-6:
-            problems.append(f"target cell {cell:g} m vs the student's {self.bev_resolution * self.bev_downsample:g} m "
+        if abs(grid.resolution - target.resolution) > 1e-6:
+            problems.append(f"target cell {grid.resolution:g} m vs the student's {target.resolution:g} m "
                             "(bev_resolution x bev_downsample)")
         if channels != self.target_channels:
             problems.append(f"target channels {channels} vs the student's target_channels {self.target_channels}")
@@ -291,17 +296,19 @@ class GeoMIMConfig(PreTrainedConfig):
             raise ValueError(f"pretrain_objective must be one of {PRETRAIN_OBJECTIVES}, got {self.pretrain_objective!r}")
         if self.reconstruction_region not in ("all", "masked"):
             raise ValueError(f"reconstruction_region must be 'all' or 'masked', got {self.reconstruction_region!r}")
-        start, stop, step = self.depth_bins
-        if not (0 < start < stop and step > 0):
-            raise ValueError(f"depth_bins (start, stop, step) must satisfy 0 < start < stop and step > 0, "
-                             f"got {self.depth_bins}")
-        for y_or_x, size in zip("YX", self.bev_grid_size):
+        for name in ("depth_bins", "det_depth_bins"):
+            try:
+                DepthBins(*getattr(self, name))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{name}: {error}") from None
+        grid_size = self.pretraining_grid.size
+        for y_or_x, size in zip("YX", grid_size):
             if size % self.bev_downsample:
-                raise ValueError(f"BEV grid {self.bev_grid_size} ({y_or_x}) must be divisible by bev_downsample "
+                raise ValueError(f"BEV grid {grid_size} ({y_or_x}) must be divisible by bev_downsample "
                                  f"{self.bev_downsample}")
-        target_y, target_x = self.target_grid_size
+        target_y, target_x = self.target_grid.size
         if target_y % self.target_patch_size or target_x % self.target_patch_size:
-            raise ValueError(f"target grid {self.target_grid_size} must be divisible by target_patch_size "
+            raise ValueError(f"target grid {(target_y, target_x)} must be divisible by target_patch_size "
                              f"{self.target_patch_size}")
 
     @classmethod

@@ -8,6 +8,7 @@ from transformers import PretrainedConfig
 
 from .configuration_geomim import GeoMIMConfig
 from .data.classes import NUSCENES_DETECTION_CLASSES
+from .modeling.grids import BevGrid
 
 # Teacher widths to pair with a student preset (others take the pillar network's defaults).
 TEACHER_PRESETS = {
@@ -126,6 +127,21 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
     def target_resolution(self) -> float:
         return self.pillar_size * self.target_stride
 
+    @property
+    def pillar_grid(self) -> BevGrid:
+        """The pillars, in the frame ``frame`` names; ``z_range`` is the height kept."""
+        return BevGrid(self.x_range, self.y_range, self.pillar_size, self.z_range)
+
+    @property
+    def head_grid(self) -> BevGrid:
+        """The CenterPoint head's output grid: the pillars coarsened by the neck's stride."""
+        return self.pillar_grid.coarsened(self.neck_stride)
+
+    @property
+    def target_grid(self) -> BevGrid:
+        """The ego-frame grid of ``bev_features``, the student's target."""
+        return BevGrid(self.x_range, self.y_range, self.target_resolution)
+
     @classmethod
     def for_student(cls, student: GeoMIMConfig, **overrides):
         """A teacher whose last stage has the student's target grid (extent, cells, channels).
@@ -142,5 +158,4 @@ class GeoMIMLidarTeacherConfig(PretrainedConfig):
 
     def check_student(self, student: GeoMIMConfig) -> None:
         """Fail, naming the fields, unless the target stage lands on the student's target grid."""
-        student.check_teacher("the LiDAR teacher", self.x_range, self.y_range, self.target_resolution,
-                              self.target_channels)
+        student.check_teacher("the LiDAR teacher", self.target_grid, self.target_channels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from .configuration_geomim import GeoMIMConfig
+from .modeling.grids import BevGrid
 from .modeling.sparse_encoder import SparseEncoder, grid_shape
 
 # BEVFusion's TransFusion-L (configs/nuscenes/det/transfusion/secfpn/lidar/voxelnet_0p075.yaml).
@@ -117,10 +118,15 @@ class GeoMIMSparseTeacherConfig(PretrainedConfig):
         return self.voxel_size[0] * 2 ** (len(self.encoder_channels) - 1)
 
     @property
-    def target_grid_size(self) -> tuple[int, int]:
-        """(Y, X) cells of the ego-frame output grid."""
-        cell = self.target_resolution
-        return (round((self.y_range[1] - self.y_range[0]) / cell), round((self.x_range[1] - self.x_range[0]) / cell))
+    def lidar_grid(self) -> BevGrid:
+        """The encoder's output grid in the LiDAR frame: point_cloud_range's x, y at the output cell."""
+        pcr = self.point_cloud_range
+        return BevGrid((pcr[0], pcr[3]), (pcr[1], pcr[4]), self.target_resolution)
+
+    @property
+    def target_grid(self) -> BevGrid:
+        """The ego-frame grid of ``bev_features``, the student's target."""
+        return BevGrid(self.x_range, self.y_range, self.target_resolution)
 
     @classmethod
     def for_student(cls, student: GeoMIMConfig, **overrides):
@@ -148,5 +154,4 @@ class GeoMIMSparseTeacherConfig(PretrainedConfig):
     def check_student(self, student: GeoMIMConfig) -> None:
         """Fail, naming the fields, unless the output lands on the student's target grid (cell: voxel_size x
         stride; channels: output_channels x z cells)."""
-        student.check_teacher("the sparse LiDAR teacher", self.x_range, self.y_range, self.target_resolution,
-                              self.target_channels)
+        student.check_teacher("the sparse LiDAR teacher", self.target_grid, self.target_channels)

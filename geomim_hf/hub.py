@@ -96,7 +96,7 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
         body.append("")
     body += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{architecture}` |"]
     body += [f"| {key} | `{config[key]}` |" for key in ("image_size", "embed_dim", "depths", "num_heads",
-                                                           "target_grid_size", "pillar_size", "class_names")
+                                                           "pillar_size", "class_names")
              if key in config]
     body.append("")
     if training:

@@ -19,7 +19,8 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_geomim import GeoMIMConfig
 from .data.records import ATTRIBUTE_NAMES
-from .modeling.centerpoint import BevGrid, CenterHead, build_targets, center_loss, decode, init_output
+from .modeling.centerpoint import CenterHead, build_targets, center_loss, decode, init_output
+from .modeling.grids import DepthBins
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
 from .modeling.swin import SwinEncoder, WindowAttention
@@ -50,14 +51,6 @@ def patch_normalize(features: torch.Tensor, patch: int, eps: float) -> torch.Ten
     mean = blocks.mean(dim=(1, 3, 5), keepdim=True)
     var = blocks.var(dim=(1, 3, 5), keepdim=True, unbiased=False)
     return ((blocks - mean) / torch.sqrt(var + eps)).reshape(batch, channels, height, width)
-
-
-def depth_bins_of(depth_maps: torch.Tensor, depth_bins: tuple[float, float, float]) -> torch.Tensor:
-    """Bin index of each depth (metres), -1 where there is no depth or it falls outside the bins."""
-    start, stop, step = depth_bins
-    bins = torch.floor((depth_maps - start) / step).long()
-    count = int(round((stop - start) / step))
-    return torch.where((depth_maps > 0) & (bins >= 0) & (bins < count), bins, torch.full_like(bins, -1))
 
 
 def pixel_targets(pixel_values: torch.Tensor, grid: tuple[int, int], patch: int, eps: float = 1e-6) -> torch.Tensor:
@@ -132,11 +125,10 @@ class BEVDetectionOutput(ModelOutput):
     bev_features: torch.Tensor | None = None
 
 
-def depth_bce(depth_logits: torch.Tensor, depth_labels: torch.Tensor,
-              depth_bins: tuple[float, float, float]) -> torch.Tensor:
+def depth_bce(depth_logits: torch.Tensor, depth_labels: torch.Tensor, depth_bins: DepthBins) -> torch.Tensor:
     """BEVDepth's depth loss: softmax over bins against one-hot bins, summed over bins and averaged
     over the pixels that have a depth. depth_logits (..., D, h, w); depth_labels (..., h, w) metres."""
-    bins = depth_bins_of(depth_labels, depth_bins)
+    bins = depth_bins.index_of(depth_labels)
     valid = bins >= 0
     count = depth_logits.shape[-3]
     probabilities = depth_logits.float().softmax(-3).movedim(-3, -1)[valid]  # (P, D)
@@ -270,11 +262,11 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
             self.post_init()
             return
         depth_in = config.decoder_hidden_size * (2 if config.decoder_depth_branch else 1)
-        self.depth_net = DepthNet(depth_in, config.depth_net_channels, config.num_depth_bins, config.context_channels)
+        self.depth_net = DepthNet(depth_in, config.depth_net_channels, num_bins=config.pretraining_depth_bins.count,
+                                  context_channels=config.context_channels)
         if self.objective == "geomim":
-            self.lift_splat = LiftSplat(config.image_size, DECODER_STRIDE, config.depth_bins, config.bev_x_range,
-                                        config.bev_y_range, config.bev_z_range, config.bev_resolution,
-                                        config.kernel_backend)
+            self.lift_splat = LiftSplat(config.image_size, DECODER_STRIDE, depth_bins=config.pretraining_depth_bins,
+                                        grid=config.pretraining_grid, kernel_backend=config.kernel_backend)
             self.bev_downsample = BevDownsample(config.context_channels, config.bev_downsample)
             self.bev_head = nn.Conv2d(config.context_channels, config.target_channels, 1)
         self.post_init()
@@ -357,10 +349,10 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                 losses.append(F.mse_loss(reconstruction[:, group][:, :, masked].float(), target[:, :, masked]))
             reconstruction_loss = loss = torch.stack(losses).mean()
         elif self.objective == "geomim" and teacher_features is not None:
-            expected = (batch, self.config.target_channels, *self.config.target_grid_size)
+            expected = (batch, self.config.target_channels, *self.config.target_grid.size)
             if tuple(teacher_features.shape) != expected:
                 raise ValueError(f"teacher_features has shape {tuple(teacher_features.shape)}, expected {expected} "
-                                 f"(target_channels and target_grid_size of the config)")
+                                 f"(target_channels and target_grid.size of the config)")
             target = patch_normalize(teacher_features.float(), self.config.target_patch_size,
                                      self.config.target_norm_eps)
             squared = (reconstruction.float() - target[:, None]) ** 2  # (B, G, C_t, Y, X)
@@ -389,7 +381,7 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         height, width = self.feature_size
         indicator = masked_tokens[:height, :width].to(intrinsics.dtype)
         context = indicator.expand(batch, views, 1, height, width).contiguous()
-        depth = torch.ones(batch, views, self.lift_splat.num_bins, height, width, device=intrinsics.device,
+        depth = torch.ones(batch, views, self.lift_splat.depth_bins.count, height, width, device=intrinsics.device,
                            dtype=intrinsics.dtype)
         hits = self.lift_splat(depth, context, intrinsics, ego_from_camera, processed_from_original,
                                augmented_ego_from_ego)
@@ -400,7 +392,7 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         the pixels that have a depth, and over the groups. depth_logits (B, G, N, D, h, w); depth_labels
         (B, N, h, w) metres."""
         groups = depth_logits.shape[1]
-        return torch.stack([depth_bce(depth_logits[:, g], depth_labels, self.config.depth_bins)
+        return torch.stack([depth_bce(depth_logits[:, g], depth_labels, self.config.pretraining_depth_bins)
                             for g in range(groups)]).mean()
 
 
@@ -420,17 +412,17 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         strides = [config.stage_strides[i] for i in config.out_indices]
         self.neck = ImageFPN([config.stage_dims[i] for i in config.out_indices], config.det_neck_channels)
         self.depth_net = CameraAwareDepthNet(config.det_neck_channels, config.det_depth_net_channels,
-                                             config.det_num_depth_bins, config.det_context_channels,
-                                             config.camera_aware_hidden_size)
-        self.lift_splat = LiftSplat(config.image_size, strides[0], config.det_depth_bins, config.det_bev_x_range,
-                                    config.det_bev_y_range, config.det_bev_z_range, config.det_bev_resolution,
-                                    config.kernel_backend)
+                                             num_bins=config.detection_depth_bins.count,
+                                             context_channels=config.det_context_channels,
+                                             camera_hidden_size=config.camera_aware_hidden_size)
+        self.lift_splat = LiftSplat(config.image_size, strides[0], depth_bins=config.detection_depth_bins,
+                                    grid=config.detection_grid, kernel_backend=config.kernel_backend)
         frames = 2 if config.det_temporal else 1
         self.bev_encoder = BevEncoder(config.det_context_channels * frames, config.det_bev_encoder_channels,
                                       config.det_bev_neck_channels)
         self.head = CenterHead(config.det_bev_neck_channels, len(config.class_names), config.det_head_channels,
                                num_attributes=len(ATTRIBUTE_NAMES))
-        self.grid = BevGrid(config.det_bev_x_range, config.det_bev_y_range, config.det_bev_resolution)
+        self.grid = config.detection_grid  # the head predicts on the pooling grid
         self.feature_stride = strides[0]
         self.post_init()
 
@@ -513,7 +505,7 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
             output.attribute_loss = terms.get("attribute_loss")
             output.loss = terms["loss"]
         if depth_labels is not None:
-            output.depth_loss = depth_bce(depth, depth_labels, self.config.det_depth_bins)
+            output.depth_loss = depth_bce(depth, depth_labels, self.config.detection_depth_bins)
             weighted = self.config.det_depth_loss_weight * output.depth_loss
             output.loss = weighted if output.loss is None else output.loss + weighted
         return output if return_dict else output.to_tuple()

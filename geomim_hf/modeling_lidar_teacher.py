@@ -26,7 +26,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_lidar_teacher import NMS_RADIUS, GeoMIMLidarTeacherConfig
 from .modeling.centerpoint import (
-    BevGrid,
     CenterHead,
     build_targets,
     center_loss,
@@ -62,9 +61,10 @@ class GeoMIMLidarTeacher(PreTrainedModel):
 
     def __init__(self, config: GeoMIMLidarTeacherConfig):
         super().__init__(config)
-        self.encoder = PillarEncoder(config.x_range, config.y_range, config.z_range, config.pillar_size,
-                                     config.pillar_channels, config.backbone_channels, config.backbone_layers,
-                                     config.backbone_strides, config.neck_channels, config.neck_stride,
+        self.encoder = PillarEncoder(config.pillar_grid, pillar_channels=config.pillar_channels,
+                                     backbone_channels=config.backbone_channels,
+                                     backbone_layers=config.backbone_layers, backbone_strides=config.backbone_strides,
+                                     neck_channels=config.neck_channels, neck_stride=config.neck_stride,
                                      center_z=config.pillar_center_z,
                                      max_points_per_pillar=config.max_points_per_pillar, max_pillars=config.max_pillars,
                                      norm_eps=config.norm_eps, norm_momentum=config.norm_momentum)
@@ -72,7 +72,7 @@ class GeoMIMLidarTeacher(PreTrainedModel):
             [config.class_names.index(name) for name in task] for task in config.head_tasks]
         self.head = CenterHead(self.encoder.out_channels, len(config.class_names), config.head_channels,
                                task_classes=task_classes, final_kernel=config.head_final_kernel)
-        self.grid = BevGrid(config.x_range, config.y_range, config.pillar_size * config.neck_stride)
+        self.grid = config.head_grid
         self.post_init()
 
     @torch.no_grad()
@@ -108,8 +108,8 @@ class GeoMIMLidarTeacher(PreTrainedModel):
         head = self.head(neck)
         bev_features = stages[self.config.target_layer]
         if lidar_frame:  # the student predicts the target on the ego-frame grid
-            bev_features = resample_bev(bev_features, ego_from_lidar, self.config.x_range, self.config.y_range,
-                                        self.config.x_range, self.config.y_range, self.config.target_resolution)
+            # the LiDAR-frame map covers the same ranges as the ego-frame target grid
+            bev_features = resample_bev(bev_features, ego_from_lidar, self.config.target_grid, self.config.target_grid)
         output = LidarTeacherOutput(heatmap=head["heatmap"], regression=head["regression"], bev_features=bev_features,
                                     ego_from_lidar=ego_from_lidar if lidar_frame else None)
         if boxes is not None:

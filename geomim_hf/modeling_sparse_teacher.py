@@ -94,9 +94,7 @@ class GeoMIMSparseTeacher(PreTrainedModel):
         else:  # no point in range anywhere: every cell is empty
             out_x, out_y, _ = config.encoder_output_shape
             lidar_bev = lidar_points.new_zeros(batch_size, config.target_channels, out_y, out_x)
-        pcr = config.point_cloud_range
-        bev = resample_bev(lidar_bev, ego_from_lidar, (pcr[0], pcr[3]), (pcr[1], pcr[4]), config.x_range,
-                           config.y_range, config.target_resolution)  # (B, C_t, Y_t, X_t)
+        bev = resample_bev(lidar_bev, ego_from_lidar, config.lidar_grid, config.target_grid)  # (B, C_t, Y_t, X_t)
         output = SparseTeacherOutput(bev_features=bev, lidar_bev_features=lidar_bev, num_voxels=num_voxels)
         return output if return_dict else output.to_tuple()
 

@@ -13,6 +13,8 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
+from .modeling.grids import BevGrid
+
 INDEX = "index.json"
 
 
@@ -41,7 +43,13 @@ class TeacherFeatureCache:
         self.directory = directory
         with open(index) as handle:
             self.info = json.load(handle)
-        x_range, y_range = self.info["x_range"], self.info["y_range"]
+        missing = [key for key in ("x_range", "y_range", "resolution", "channels") if key not in self.info]
+        if missing:
+            raise ValueError(f"{index} lacks {missing}: write the cache again with examples/cache_teacher_features.py")
+        # The ego-frame grid of the cached maps and their channels, for GeoMIMConfig.check_teacher.
+        self.grid = BevGrid(self.info["x_range"], self.info["y_range"], self.info["resolution"])
+        self.channels = int(self.info["channels"])
+        x_range, y_range = self.grid.x_range, self.grid.y_range
         if x_range[0] != -x_range[1] or y_range[0] != -y_range[1]:
             raise ValueError(f"cached features mirror exactly only on a grid centred on the ego: x {x_range}, "
                              f"y {y_range}")

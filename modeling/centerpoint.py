@@ -9,11 +9,12 @@ cell: a heatmap per class, the centre's sub-cell offset (2), its height (1), log
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .grids import BevGrid
 
 REGRESSION_SLICES = {"offset": slice(0, 2), "height": slice(2, 3), "size": slice(3, 6), "rotation": slice(6, 8),
                      "velocity": slice(8, 10)}
@@ -21,20 +22,6 @@ REGRESSION_CHANNELS = 10
 # CenterPoint's nuScenes code weights: velocity counts a fifth.
 CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) = 0.1
-
-
-@dataclass(frozen=True)
-class BevGrid:
-    """The head's output grid: ``x_range``/``y_range`` (min, max) metres and cell size."""
-
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    resolution: float
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (int(round((self.y_range[1] - self.y_range[0]) / self.resolution)),
-                int(round((self.x_range[1] - self.x_range[0]) / self.resolution)))
 
 
 def transform_boxes(target_from_source: torch.Tensor, boxes: torch.Tensor, velocities: torch.Tensor | None = None):

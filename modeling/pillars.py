@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .grids import BevGrid
+
 POINT_FEATURES = 10  # x, y, z, intensity, time lag, offsets to the pillar mean (3) and centre (2)
 POINT_FEATURES_CENTER_Z = 11  # ... and the centre offset in z too (mmdetection3d, legacy=False)
 
@@ -158,7 +160,7 @@ class PillarEncoder(nn.Module):
     """Points to pillar BEV features, the backbone stages and the neck.
 
     Args:
-        x_range, y_range, z_range: (min, max) metres kept; pillar_size: metres per pillar.
+        grid: the pillars (cell size ``grid.resolution``) and the heights kept (``grid.z_range``).
         pillar_channels, backbone_channels, backbone_layers, backbone_strides: the network widths.
         neck_channels, neck_stride: per-stage channels in the neck and its stride over the pillars.
         center_z, max_points_per_pillar: see :class:`PillarFeatureNet`.
@@ -167,16 +169,13 @@ class PillarEncoder(nn.Module):
         norm_eps, norm_momentum: every BatchNorm's (mmdetection3d's pillar nets: 1e-3, 0.01).
     """
 
-    def __init__(self, x_range, y_range, z_range, pillar_size: float, pillar_channels: int = 64,
+    def __init__(self, grid: BevGrid, pillar_channels: int = 64,
                  backbone_channels: Sequence[int] = (64, 128, 256), backbone_layers: Sequence[int] = (3, 5, 5),
                  backbone_strides: Sequence[int] = (2, 2, 2), neck_channels: int = 128, neck_stride: int = 2,
                  center_z: bool = False, max_points_per_pillar: int | None = None, max_pillars: int | None = None,
                  norm_eps: float = 1e-5, norm_momentum: float = 0.1):
         super().__init__()
-        self.x_range, self.y_range, self.z_range = tuple(x_range), tuple(y_range), tuple(z_range)
-        self.pillar_size = pillar_size
-        self.grid = (int(round((y_range[1] - y_range[0]) / pillar_size)),
-                     int(round((x_range[1] - x_range[0]) / pillar_size)))
+        self.grid = grid
         self.center_z = center_z
         self.max_points_per_pillar, self.max_pillars = max_points_per_pillar, max_pillars
         self.pfn = PillarFeatureNet(pillar_channels, center_z, max_points_per_pillar, norm_eps, norm_momentum)
@@ -191,19 +190,16 @@ class PillarEncoder(nn.Module):
         """points: (B, P, 5) in the frame the grid is laid out in; point_mask: (B, P) or None. Returns
         pillar features (B, C, Y, X)."""
         batch, count = points.shape[:2]
-        height, width = self.grid
-        valid = torch.ones(batch, count, dtype=torch.bool, device=points.device) if point_mask is None \
-            else point_mask.bool()
-        column = torch.floor((points[..., 0] - self.x_range[0]) / self.pillar_size).long()
-        row = torch.floor((points[..., 1] - self.y_range[0]) / self.pillar_size).long()
-        valid &= (column >= 0) & (column < width) & (row >= 0) & (row < height)
-        valid &= (points[..., 2] >= self.z_range[0]) & (points[..., 2] < self.z_range[1])
+        grid = self.grid
+        height, width = grid.size
+        column, row, valid = grid.cell_coordinates(points)
+        if point_mask is not None:
+            valid &= point_mask.bool()
         sample = torch.arange(batch, device=points.device)[:, None].expand(-1, count)
         pillar = (sample * height + row) * width + column  # flat over the batch
-        centers = [(column + 0.5) * self.pillar_size + self.x_range[0],
-                   (row + 0.5) * self.pillar_size + self.y_range[0]]
+        centers = [(column + 0.5) * grid.resolution + grid.x_range[0], (row + 0.5) * grid.resolution + grid.y_range[0]]
         if self.center_z:  # one pillar spans the whole z range
-            centers.append(torch.full_like(centers[0], (self.z_range[0] + self.z_range[1]) / 2))
+            centers.append(torch.full_like(centers[0], (grid.z_range[0] + grid.z_range[1]) / 2))
         centers = torch.stack(centers, -1)
         if self.max_points_per_pillar is not None or self.max_pillars is not None:
             valid[valid.clone()] = hard_voxelization_keep(pillar[valid], sample[valid], batch * height * width,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .grids import BevGrid, DepthBins
 from .ops import BevPoolIndices, bev_pool, pool_indices
 
 CAMERA_VECTOR_SIZE = 22
@@ -52,18 +53,18 @@ class CameraAwareGate(nn.Module):
 class DepthNet(nn.Module):
     """Two 3x3 conv-BN-ReLU and a 1x1 conv to depth logits and context channels (the official head)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, depth_bins: int, context_channels: int):
+    def __init__(self, in_channels: int, mid_channels: int, num_bins: int, context_channels: int):
         super().__init__()
-        self.depth_bins = depth_bins
+        self.num_bins = num_bins
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False), nn.BatchNorm2d(mid_channels), nn.ReLU(True),
             nn.Conv2d(mid_channels, mid_channels, 3, padding=1, bias=False), nn.BatchNorm2d(mid_channels),
-            nn.ReLU(True), nn.Conv2d(mid_channels, depth_bins + context_channels, 1))
+            nn.ReLU(True), nn.Conv2d(mid_channels, num_bins + context_channels, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B*N, C_in, h, w). Returns depth logits (B*N, D, h, w) and context (B*N, C, h, w)."""
         out = self.layers(x)
-        return out[:, : self.depth_bins], out[:, self.depth_bins:]
+        return out[:, : self.num_bins], out[:, self.num_bins:]
 
 
 class CameraAwareDepthNet(nn.Module):
@@ -71,7 +72,7 @@ class CameraAwareDepthNet(nn.Module):
     context paths, residual blocks before the depth logits (BEVDepth's ASPP and deformable conv are
     left out)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, depth_bins: int, context_channels: int,
+    def __init__(self, in_channels: int, mid_channels: int, num_bins: int, context_channels: int,
                  camera_hidden_size: int):
         super().__init__()
         from .centerpoint import mark_output
@@ -82,7 +83,7 @@ class CameraAwareDepthNet(nn.Module):
         self.depth_gate = CameraAwareGate(mid_channels, camera_hidden_size)
         self.context_gate = CameraAwareGate(mid_channels, camera_hidden_size)
         self.depth = nn.Sequential(BasicBlock(mid_channels, mid_channels), BasicBlock(mid_channels, mid_channels),
-                                   nn.Conv2d(mid_channels, depth_bins, 1))
+                                   nn.Conv2d(mid_channels, num_bins, 1))
         mark_output(self.depth[-1])  # small logits: the depth distribution starts near uniform
         self.context = nn.Conv2d(mid_channels, context_channels, 1)
 
@@ -101,25 +102,17 @@ class LiftSplat(nn.Module):
 
     Args:
         image_size: (H, W) of the processed images; feature_stride: their stride to the features.
-        depth_bins: (start, stop, step) metres; bin k stands for depth ``start + (k + 1/2) step``.
-        bev_x_range, bev_y_range, bev_z_range: (min, max) metres of the grid (one z bin);
-        bev_resolution: metres per cell; kernel_backend: ``auto``, ``torch`` or ``triton``.
+        depth_bins: the bins the depth net predicts; bin k stands for its centre.
+        grid: the ego-frame BEV grid pooled into (its ``z_range`` is the one height bin).
+        kernel_backend: ``auto``, ``torch`` or ``triton``; cache_size: geometries kept at inference.
     """
 
-    def __init__(self, image_size: tuple[int, int], feature_stride: int, depth_bins: tuple[float, float, float],
-                 bev_x_range: tuple[float, float], bev_y_range: tuple[float, float],
-                 bev_z_range: tuple[float, float], bev_resolution: float, kernel_backend: str = "auto",
-                 cache_size: int = 8):
+    def __init__(self, image_size: tuple[int, int], feature_stride: int, depth_bins: DepthBins, grid: BevGrid,
+                 kernel_backend: str = "auto", cache_size: int = 8):
         super().__init__()
         self.feature_size = (image_size[0] // feature_stride, image_size[1] // feature_stride)
         self.feature_stride = feature_stride
-        start, stop, step = depth_bins
-        self.num_bins = int(round((stop - start) / step))
-        self.depth_values = [start + (k + 0.5) * step for k in range(self.num_bins)]
-        self.x_range, self.y_range, self.z_range = bev_x_range, bev_y_range, bev_z_range
-        self.resolution = bev_resolution
-        self.grid_size = (int(round((bev_y_range[1] - bev_y_range[0]) / bev_resolution)),
-                          int(round((bev_x_range[1] - bev_x_range[0]) / bev_resolution)))
+        self.depth_bins, self.grid = depth_bins, grid
         self.kernel_backend = kernel_backend
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, BevPoolIndices] = OrderedDict()
@@ -130,7 +123,7 @@ class LiftSplat(nn.Module):
         stride = self.feature_stride
         v = torch.arange(height, device=device, dtype=dtype) * stride + (stride - 1) / 2
         u = torch.arange(width, device=device, dtype=dtype) * stride + (stride - 1) / 2
-        d = torch.tensor(self.depth_values, device=device, dtype=dtype)
+        d = torch.tensor(self.depth_bins.centers, device=device, dtype=dtype)
         grid_d, grid_v, grid_u = torch.meshgrid(d, v, u, indexing="ij")
         return torch.stack([grid_u, grid_v, grid_d], -1)
 
@@ -149,14 +142,6 @@ class LiftSplat(nn.Module):
             transform = augmented_ego_from_ego.to(geometry)[:, None] @ transform
         return torch.einsum("bnij,bndhwj->bndhwi", transform[..., :3, :3], points_camera) + \
             transform[:, :, None, None, None, :3, 3]
-
-    def cell_index(self, points_ego: torch.Tensor) -> torch.Tensor:
-        """(B, N, D, h, w) flat cell ``iy * X + ix`` of each point, -1 outside the grid."""
-        x = torch.floor((points_ego[..., 0] - self.x_range[0]) / self.resolution).long()
-        y = torch.floor((points_ego[..., 1] - self.y_range[0]) / self.resolution).long()
-        inside = (x >= 0) & (x < self.grid_size[1]) & (y >= 0) & (y < self.grid_size[0])
-        inside &= (points_ego[..., 2] >= self.z_range[0]) & (points_ego[..., 2] < self.z_range[1])
-        return torch.where(inside, y * self.grid_size[1] + x, torch.full_like(x, -1))
 
     def indices(self, intrinsics, ego_from_camera, processed_from_original,
                 augmented_ego_from_ego=None) -> BevPoolIndices:
@@ -181,9 +166,9 @@ class LiftSplat(nn.Module):
     @torch.no_grad()
     def _compute_indices(self, intrinsics, ego_from_camera, processed_from_original,
                          augmented_ego_from_ego) -> BevPoolIndices:
-        cells = self.cell_index(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
-                                                augmented_ego_from_ego))
-        return pool_indices(cells, self.grid_size[0] * self.grid_size[1])
+        cells = self.grid.cell_of(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
+                                                  augmented_ego_from_ego))  # (B, N, D, h, w)
+        return pool_indices(cells, self.grid.num_cells)
 
     def forward(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
                 ego_from_camera: torch.Tensor, processed_from_original: torch.Tensor,
@@ -194,7 +179,7 @@ class LiftSplat(nn.Module):
         (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); augmented_ego_from_ego: (B, 4, 4) or None.
         Returns (B, C, Y, X)."""
         indices = self.indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
-        return bev_pool(depth, context, indices, self.grid_size, backend=self.kernel_backend)
+        return bev_pool(depth, context, indices, self.grid.size, backend=self.kernel_backend)
 
     def splat_views(self, depth_logits: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
                     ego_from_camera: torch.Tensor, processed_from_original: torch.Tensor,

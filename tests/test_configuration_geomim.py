@@ -9,9 +9,9 @@ def test_official_defaults_and_derived_values():
     config = GeoMIMConfig()
     assert config.model_type == "geomim"
     assert config.stage_dims == (128, 256, 512, 1024) and config.stage_strides == (4, 8, 16, 32)
-    assert config.num_depth_bins == 118  # [1, 60) step 0.5
-    assert config.bev_grid_size == (360, 360) and config.target_grid_size == (180, 180)  # 0.3 m, then 0.6 m
-    assert config.target_grid_size[0] // config.target_patch_size == 10
+    assert config.pretraining_depth_bins.count == 118  # [1, 60) step 0.5
+    assert config.pretraining_grid.size == (360, 360) and config.target_grid.size == (180, 180)  # 0.3 m, then 0.6 m
+    assert config.target_grid.size[0] // config.target_patch_size == 10
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -26,11 +26,11 @@ def test_presets_round_trip_through_auto_config(name, tmp_path):
 
 def test_presets_differ_where_they_should():
     small, tiny = GeoMIMConfig.from_preset("geomim-small"), GeoMIMConfig.from_preset("geomim-tiny")
-    assert small.image_size == (128, 352) and small.target_grid_size == tiny.target_grid_size
+    assert small.image_size == (128, 352) and small.target_grid.size == tiny.target_grid.size
     assert GeoMIMConfig.from_preset("geomim-swin-l").stage_dims[-1] == 1536
     assert GeoMIMConfig.from_preset("geomim-swin-t").depths == (2, 2, 6, 2)
     tiny = GeoMIMConfig.from_preset("geomim-tiny", mask_ratio=0.4)
-    assert tiny.image_size == (64, 176) and tiny.mask_ratio == 0.4 and tiny.target_grid_size == (32, 32)
+    assert tiny.image_size == (64, 176) and tiny.mask_ratio == 0.4 and tiny.target_grid.size == (32, 32)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from geomim_hf.synthetic.sensors import camera_rotation
 from geomim_hf.modeling_geomim import (
     GeoMIMForMaskedBEVModeling,
     GeoMIMModel,
-    depth_bins_of,
     patch_normalize,
     pixel_targets,
     random_cell_mask,
@@ -31,7 +30,7 @@ def _inputs(config, batch=2, seed=0):
                                                 dtype=torch.float32)
                                    for yaw in np.linspace(0, 2 * np.pi, VIEWS, endpoint=False)]).expand(batch, -1, -1, -1)
     processed_from_original = torch.eye(3).expand(batch, VIEWS, 3, 3).clone()
-    teacher = torch.randn(batch, config.target_channels, *config.target_grid_size, generator=generator)
+    teacher = torch.randn(batch, config.target_channels, *config.target_grid.size, generator=generator)
     labels = torch.rand(batch, VIEWS, config.image_size[0] // 16, config.image_size[1] // 16, generator=generator) * 60
     mask = random_cell_mask(config, generator)
     return dict(pixel_values=pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera.clone(),
@@ -46,8 +45,8 @@ def test_tiny_preset_is_a_few_million_parameters_and_runs():
     inputs = _inputs(config)
     with torch.no_grad():
         out = model(**inputs)
-    assert out.reconstruction.shape == (2, 2, config.target_channels, *config.target_grid_size)
-    assert out.depth.shape == (2, 2, VIEWS, config.num_depth_bins, 4, 11)
+    assert out.reconstruction.shape == (2, 2, config.target_channels, *config.target_grid.size)
+    assert out.depth.shape == (2, 2, VIEWS, config.pretraining_depth_bins.count, 4, 11)
     torch.testing.assert_close(out.loss, out.reconstruction_loss + config.depth_loss_weight * out.depth_loss)
     assert out.bool_masked_pos.float().mean() == pytest.approx(0.5, abs=0.1)
 
@@ -136,18 +135,18 @@ def test_patch_normalisation_matches_a_loop():
 def test_depth_loss_matches_a_hand_computation():
     config = _config()
     model = GeoMIMForMaskedBEVModeling(config)
-    logits = torch.randn(1, 2, VIEWS, config.num_depth_bins, 4, 11)
+    logits = torch.randn(1, 2, VIEWS, config.pretraining_depth_bins.count, 4, 11)
     labels = torch.zeros(1, VIEWS, 4, 11)
     labels[0, 0, 1, 2] = 10.0  # bin floor((10 - 1) / 2) = 4
     labels[0, 3, 0, 0] = 59.0  # bin 29, the last
     labels[0, 4, 2, 2] = 75.0  # beyond the bins: ignored
-    assert depth_bins_of(labels, config.depth_bins)[0, 0, 1, 2] == 4
+    assert config.pretraining_depth_bins.index_of(labels)[0, 0, 1, 2] == 4
     expected = []
     for group in range(2):
         total = 0.0
         for view, row, column, index in ((0, 1, 2, 4), (3, 0, 0, 29)):
             p = logits[0, group, view, :, row, column].softmax(0)
-            target = torch.zeros(config.num_depth_bins)
+            target = torch.zeros(config.pretraining_depth_bins.count)
             target[index] = 1
             total += -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).sum()
         expected.append(total / 2)
@@ -274,7 +273,7 @@ def test_ablations_remove_what_they_name():
         out = model(**inputs)
         out.loss.backward()
         assert all(p.grad is not None for p in model.parameters())  # no dead weights (DDP needs none)
-    assert out.depth.shape == (2, 2, VIEWS, no_branch.config.num_depth_bins, 4, 11)
+    assert out.depth.shape == (2, 2, VIEWS, no_branch.config.pretraining_depth_bins.count, 4, 11)
 
 
 def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
@@ -289,9 +288,9 @@ def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
                                          inputs["processed_from_original"], augmented_ego_from_ego)
         points = model.lift_splat.points_ego(inputs["intrinsics"], inputs["ego_from_camera"],
                                              inputs["processed_from_original"])
-    cells = model.lift_splat.cell_index(points)  # (B, N, D, h, w) on the pooling grid
-    expected = torch.zeros(2, *config.target_grid_size)
-    width = config.bev_grid_size[1]
+    cells = config.pretraining_grid.cell_of(points)  # (B, N, D, h, w) on the pooling grid
+    expected = torch.zeros(2, *config.target_grid.size)
+    width = config.pretraining_grid.size[1]
     for b, n, d, v, u in zip(*torch.nonzero(cells >= 0, as_tuple=True)):
         if token_groups[v, u] != 0:
             cell = int(cells[b, n, d, v, u])

@@ -108,7 +108,8 @@ def test_the_first_step_does_not_spike():
                 attributes=torch.tensor([[0, 5]] * 2), depth_labels=inputs["depth_labels"])
     out.loss.backward()
     assert out.regression.abs().max() < 0.5
-    uniform = torch.full((model.config.det_num_depth_bins,), 1 / model.config.det_num_depth_bins)
+    count = model.config.detection_depth_bins.count
+    uniform = torch.full((count,), 1 / count)
     uniform_bce = torch.nn.functional.binary_cross_entropy(uniform, torch.eye(len(uniform))[0], reduction="sum")
     assert out.depth_loss.item() == pytest.approx(float(uniform_bce), rel=0.05)
     norms = {name: p.grad.norm() for name, p in model.named_parameters() if p.grad is not None}

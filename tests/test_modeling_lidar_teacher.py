@@ -26,7 +26,7 @@ def _small_config(**overrides):
 
 def test_preset_builds_mmdet3d_layout():
     model = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.mmdet3d_centerpoint_pillar02())
-    assert model.encoder.grid == (512, 512) and model.grid.size == (128, 128)  # head at stride 4
+    assert model.encoder.grid.size == (512, 512) and model.grid.size == (128, 128)  # head at stride 4
     assert model.encoder.pfn.linear.in_features == 11
     norms = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(norms) == 1 + 4 + 6 + 6 + 3 and all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)

@@ -33,12 +33,12 @@ def test_official_geometry_fits_the_swin_b_student():
     config = GeoMIMSparseTeacherConfig()
     assert config.voxel_grid_shape == (1440, 1440, 40) and config.sparse_shape == (1440, 1440, 41)
     assert config.encoder_output_shape == (180, 180, 2)
-    assert (config.target_channels, config.target_resolution, config.target_grid_size) == (256, 0.6, (180, 180))
+    assert (config.target_channels, config.target_resolution, config.target_grid.size) == (256, 0.6, (180, 180))
     config.check_student(GeoMIMConfig.from_preset("geomim-swin-b"))
     with pytest.raises(ValueError, match=r"target cell 0.6 m .* 3.2 m.*target channels 256 .* 64"):
         config.check_student(GeoMIMConfig.from_preset("geomim-tiny"))
     tiny = tiny_teacher_config()
-    assert (tiny.target_resolution, tiny.target_channels, tiny.target_grid_size) == (3.2, 64, (32, 32))
+    assert (tiny.target_resolution, tiny.target_channels, tiny.target_grid.size) == (3.2, 64, (32, 32))
     tiny.check_student(GeoMIMConfig.from_preset("geomim-tiny"))
 
 

@@ -120,6 +120,12 @@ def test_cached_teacher_features(nuscenes_root, teacher_dir, tmp_path):
     history = _pretrain(nuscenes_root, teacher_dir, tmp_path / "cached", "--max-steps", "2", "--teacher-features",
                         str(cache_dir))
     assert len(history) == 2
+    # A cache made on another grid is refused before training, naming the cache and the field.
+    index = json.loads((cache_dir / "index.json").read_text())
+    (cache_dir / "index.json").write_text(json.dumps({**index, "resolution": index["resolution"] * 2}))
+    with pytest.raises(AssertionError, match=r"the teacher features in .*target cell"):
+        _pretrain(nuscenes_root, teacher_dir, tmp_path / "refused", "--max-steps", "1", "--teacher-features",
+                  str(cache_dir))
 
 
 @pytest.mark.parametrize("flags, losses", [(["--objective", "pixel"], {"reconstruction_loss"}),

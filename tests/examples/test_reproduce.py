@@ -89,6 +89,7 @@ def test_results_summarise_the_cells_found(tmp_path):
 
 
 def test_smoke_study_runs_and_resumes(tmp_path):
+    reproduce = _reproduce()
     record = tmp_path / "record"
     tmp_path = tmp_path / "out"
     command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
@@ -130,16 +131,31 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert len(ran) == 1 and "cache_teacher_features.py" in ran[0], ran
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
-    # A cell missing from the record is finetuned again, after pretraining its encoder again, which comes out
-    # bit for bit as recorded.
+    # A cell missing from the record is finetuned again from the recorded encoder (no pretraining), and comes out
+    # as it was.
+    recorded_encoder = record / "pretrain" / "geomim-seed0" / "encoder.safetensors"
+    assert set(load_file(recorded_encoder)) == {k for k in pretrained if k.startswith("geomim.")}
+    assert all((load_file(recorded_encoder)[k] == pretrained[k]).all() for k in load_file(recorded_encoder))
+    shutil.rmtree(tmp_path / "finetune" / "geomim-probe-seed0")
+    shutil.rmtree(record / "finetune" / "geomim-probe-seed0")
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    ran = [line for line in again.stdout.splitlines() if line.startswith("$ ")]
+    assert len(ran) == 1 and "finetune_detection.py" in ran[0], ran
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+    # Without the recorded encoder the pretraining runs again and reproduces it bit for bit.
+    kept = tmp_path / "encoder-kept.safetensors"
+    shutil.move(recorded_encoder, kept)
+    shutil.rmtree(tmp_path / "pretrain" / "geomim-seed0")
     shutil.rmtree(tmp_path / "finetune" / "geomim-probe-seed0")
     shutil.rmtree(record / "finetune" / "geomim-probe-seed0")
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("$ ")]
     assert [("pretrain.py" in line, "finetune_detection.py" in line) for line in ran] == [(True, False), (False, True)]
-    assert (record / "pretrain" / "geomim-seed0" / "model.safetensors.sha256").is_file()
-    assert "did not reproduce" not in again.stdout
+    assert reproduce.same_tensors(str(kept), str(recorded_encoder))
+    assert json.loads((tmp_path / "results.json").read_text()) == results
 
     # A world that is not the recorded one is refused, naming the record.
     tables = json.loads((record / "world.json").read_text())

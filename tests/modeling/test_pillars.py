@@ -1,11 +1,12 @@
 import torch
 
+from geomim_hf.modeling.grids import BevGrid
 from geomim_hf.modeling.pillars import PillarEncoder, PillarFeatureNet, decorate_points, hard_voxelization_keep
 
 
 def test_pillar_features_are_the_max_over_each_pillars_points():
     torch.manual_seed(0)
-    encoder = PillarEncoder((-4.0, 4.0), (-2.0, 2.0), (-3.0, 3.0), pillar_size=1.0, pillar_channels=8,
+    encoder = PillarEncoder(BevGrid((-4.0, 4.0), (-2.0, 2.0), 1.0, z_range=(-3.0, 3.0)), pillar_channels=8,
                             backbone_channels=(8, 8), backbone_layers=(1, 1), backbone_strides=(1, 2),
                             neck_channels=4, neck_stride=1).eval()
     points = torch.cat([torch.rand(2, 50, 3) * torch.tensor([10.0, 5.0, 8.0]) - torch.tensor([5.0, 2.5, 4.0]),
@@ -51,7 +52,7 @@ def test_mmdet3d_point_decoration_hand_case():
 def test_pillar_centres_with_z_on_the_mmdet3d_grid():
     """Single-point pillars through a PFN that copies its input out (weights [I; -I], identity BN):
     the pillar map shows each point's 11 features, centre offsets included."""
-    encoder = PillarEncoder((-51.2, 51.2), (-51.2, 51.2), (-5.0, 3.0), pillar_size=0.2, pillar_channels=22,
+    encoder = PillarEncoder(BevGrid((-51.2, 51.2), (-51.2, 51.2), 0.2, z_range=(-5.0, 3.0)), pillar_channels=22,
                             backbone_channels=(8,), backbone_layers=(0,), backbone_strides=(2,), neck_channels=4,
                             neck_stride=2, center_z=True, max_points_per_pillar=20, norm_eps=1e-3).eval()
     with torch.no_grad():

@@ -4,16 +4,17 @@ import torch
 
 from geomim_hf.data.geometry import make_transform
 from geomim_hf.synthetic.sensors import camera_rotation
+from geomim_hf.modeling.grids import BevGrid, DepthBins
 from geomim_hf.modeling.view_transformer import LiftSplat, camera_vector
 
 
 def _lift_splat():
-    return LiftSplat(image_size=(64, 176), feature_stride=16, depth_bins=(1.0, 60.0, 2.0), bev_x_range=(-51.2, 51.2),
-                     bev_y_range=(-51.2, 51.2), bev_z_range=(-10.0, 10.0), bev_resolution=1.6, kernel_backend="torch")
+    return LiftSplat(image_size=(64, 176), feature_stride=16, depth_bins=DepthBins(1.0, 60.0, 2.0),
+                     grid=BevGrid((-51.2, 51.2), (-51.2, 51.2), 1.6, z_range=(-10.0, 10.0)), kernel_backend="torch")
 
 
 def _one_feature(lift_splat, row=2, column=5, depth_bin=4):
-    depth = torch.zeros(1, 1, lift_splat.num_bins, *lift_splat.feature_size)
+    depth = torch.zeros(1, 1, lift_splat.depth_bins.count, *lift_splat.feature_size)
     depth[0, 0, depth_bin, row, column] = 1.0
     context = torch.zeros(1, 1, 3, *lift_splat.feature_size)
     context[0, 0, :, row, column] = torch.tensor([1.0, 2.0, 3.0])
