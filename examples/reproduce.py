@@ -287,7 +287,7 @@ def record_stage(output_dir: str, recorded: str, done_file: str, restorable: boo
         elif encoder and os.path.isfile(os.path.join(recorded, ENCODER)) and \
                 os.path.isfile(os.path.join(recorded, done_file)):
             copy_files(recorded, output_dir, ("config.json", ENCODER), overwrite=True)
-            copy_files(output_dir, output_dir, (ENCODER,), overwrite=True, renamed={ENCODER: "model.safetensors"})
+            copy_files(recorded, output_dir, (ENCODER,), overwrite=True, renamed={ENCODER: "model.safetensors"})
             copy_files(recorded, output_dir, [name for name in RECORDED if name != done_file], overwrite=True)
             copy_files(recorded, output_dir, (done_file,), overwrite=True)  # last: the stage is done once it is there
     if not os.path.isfile(done):

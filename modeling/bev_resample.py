@@ -14,9 +14,10 @@ def resample_bev(bev_source: torch.Tensor, target_from_source: torch.Tensor, sou
     """A BEV map laid out in one frame, sampled bilinearly at the cell centres of a grid in another.
 
     bev_source: (B, C, Y_s, X_s) on ``source_grid`` (rows along the source frame's y);
-    target_from_source: (B, 4, 4); ``target_grid`` is laid out in the target frame. Target cell centres are taken at the height of the
-    source frame's origin (a level sensor's horizontal plane) and mapped into the source frame; outside the
-    source map the value is zero, as an empty cell of the map. Returns (B, C, Y_t, X_t).
+    target_from_source: (B, 4, 4); ``target_grid`` is laid out in the target frame. Target cell centres
+    are taken at the height of the source frame's origin (a level sensor's horizontal plane) and mapped
+    into the source frame; outside the source map the value is zero, as an empty cell of the map.
+    Returns (B, C, Y_t, X_t).
     """
     if tuple(bev_source.shape[-2:]) != source_grid.size:
         raise ValueError(f"bev_source has {tuple(bev_source.shape[-2:])} (Y, X) cells, its grid {source_grid.size}")

@@ -91,11 +91,6 @@ class DepthBins:
         for name in ("start", "stop", "step"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
-    @classmethod
-    def of(cls, bins: "DepthBins | tuple[float, float, float]") -> "DepthBins":
-        """A :class:`DepthBins` from itself or a config's ``(start, stop, step)``."""
-        return bins if isinstance(bins, DepthBins) else cls(*bins)
-
     @property
     def count(self) -> int:
         return int(round((self.stop - self.start) / self.step))
