@@ -65,14 +65,11 @@ def model_step_seconds(batch: dict, steps: int = 5) -> float:
     model = GeoMIMForMaskedBEVModeling(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    teacher = torch.randn(len(batch["sample_token"]), config.target_channels, *config.target_grid.size)
-    inputs = {k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
-                                    "augmented_ego_from_ego")}
+    teacher = torch.randn(len(batch["pixel_values"]), config.target_channels, *config.target_grid.size)
     times = []
     for step in range(steps + 1):
         started = time.perf_counter()
-        out = model(**inputs, teacher_features=teacher, depth_labels=batch.get("depth_maps"),
-                    bool_masked_pos=random_cell_mask(config, generator))
+        out = model(**batch, teacher_features=teacher, bool_masked_pos=random_cell_mask(config, generator))
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -118,7 +115,7 @@ def main() -> None:
             label = f"load_nuscenes + processor + depth, {workers} workers"
             print(f"{label:<52} {rate:>10.2f} {rate / peer:>9.2f}x")
         batch = next(iter(make_dataloader(rows, processor, batch_size=args.batch_size, training=True,
-                                          return_depth=True)))
+                                          return_depth=True, input_names=GeoMIMForMaskedBEVModeling.model_input_names)))
         step = model_step_seconds(batch)
         print(f"tiny model pretraining step, batch {args.batch_size}: {step:.3f} s = "
               f"{args.batch_size / step:.2f} samples/s (data is the bottleneck where the rows above are lower)")

@@ -37,15 +37,15 @@ def main(argv=None) -> None:
     teacher = load_teacher(args.teacher).to(args.device)
     # Only the points are read (no boxes), so the class list does not matter here.
     rows = load_nuscenes(args.dataroot, args.version, args.split, sweeps=args.sweeps)
-    loader = make_dataloader(rows, GeoMIMImageProcessor(), args.batch_size, with_targets=False, with_images=False)
+    loader = make_dataloader(rows, GeoMIMImageProcessor(), args.batch_size, with_targets=False, with_images=False,
+                             input_names=teacher.model_input_names)
+    tokens = iter(rows["sample_token"])  # unshuffled: the batches follow the rows
     os.makedirs(args.output_dir, exist_ok=True)
     with torch.no_grad():
         for batch in tqdm(loader, desc="caching teacher features"):
-            features = teacher.bev_features(batch["lidar_points"].to(args.device),
-                                            batch["ego_from_lidar"].to(args.device),
-                                            batch["point_mask"].to(args.device))
-            for token, bev in zip(batch["sample_token"], features):
-                write_features(args.output_dir, token, bev)
+            features = teacher.bev_features(**{k: v.to(args.device) for k, v in batch.items()})
+            for bev in features:
+                write_features(args.output_dir, next(tokens), bev)
     config, grid = teacher.config, teacher.config.target_grid
     write_index(args.output_dir, {"teacher": os.path.abspath(args.teacher), "split": args.split,
                                   "sweeps": args.sweeps, "samples": len(rows), "x_range": list(grid.x_range),

@@ -27,7 +27,6 @@ from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.data.pipeline import class_balanced_indices
 from geomim_hf.evaluation import evaluate_detector
-from geomim_hf.evaluation.detection import DETECTOR_INPUTS
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 from geomim_hf.training import (
@@ -44,7 +43,6 @@ from geomim_hf.training import (
 )
 
 logger = get_logger(__name__)
-INPUTS = (*DETECTOR_INPUTS, "boxes", "velocities", "labels", "attributes", "box_mask")
 
 
 def parse_args(argv=None):
@@ -101,7 +99,8 @@ def main(argv=None) -> None:
     indices = None if args.no_cbgs else class_balanced_indices(rows.with_format(None)["labels"],
                                                                len(config.class_names), args.seed)
     loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
-                             seed=args.seed, return_depth=True, temporal=config.det_temporal, indices=indices)
+                             seed=args.seed, return_depth=True, temporal=config.det_temporal, indices=indices,
+                             input_names=model.model_input_names)
     optimizer = torch.optim.AdamW(model.parameter_groups(args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate)
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
@@ -123,7 +122,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         with accelerator.accumulate(model):
-            out = model(**{k: batch[k] for k in INPUTS if k in batch}, depth_labels=batch["depth_maps"])
+            out = model(**batch)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[-1])
         if not accelerator.sync_gradients:

@@ -48,7 +48,8 @@ from geomim_hf.training import (
 )
 
 logger = get_logger(__name__)
-MODEL_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego")
+# What the online teacher reads from a batch: popped before the student takes the rest.
+TEACHER_INPUTS = ("lidar_points", "ego_from_lidar", "point_mask")
 
 
 def parse_args(argv=None):
@@ -114,8 +115,12 @@ def main(argv=None) -> None:
     # Official pretraining augmentation: image resize/crop/flip/rotate, BEV flips only.
     processor = GeoMIMImageProcessor(image_size=config.image_size, bev_rotate_range=(0.0, 0.0),
                                      bev_scale_range=(1.0, 1.0), depth_stride=16)
+    # The batches hold the student's inputs (cached teacher features among them) and, for a teacher run
+    # online, the LiDAR points it reads.
+    online = teacher is not None and cache is None
     loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
-                             seed=args.seed, return_depth=True, with_targets=False)
+                             seed=args.seed, return_depth=True, with_targets=False, teacher_features=cache,
+                             input_names=model.model_input_names + (TEACHER_INPUTS if online else ()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
@@ -132,15 +137,11 @@ def main(argv=None) -> None:
     for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         # The mask is one draw per step, shared by the batch and the processes: seeded by the step.
         mask = random_cell_mask(config, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
-        target = None
-        with torch.no_grad():
-            if cache is not None:
-                target = cache.load(batch["sample_token"], batch["augmented_ego_from_ego"]).to(accelerator.device)
-            elif teacher is not None:
-                target = teacher.bev_features(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"])
+        if online:
+            with torch.no_grad():
+                batch["teacher_features"] = teacher.bev_features(**{k: batch.pop(k) for k in TEACHER_INPUTS})
         with accelerator.accumulate(model):
-            out = model(**{k: batch[k] for k in MODEL_INPUTS}, teacher_features=target, depth_labels=batch["depth_maps"],
-                        bool_masked_pos=mask)
+            out = model(**batch, bool_masked_pos=mask)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])
         if not accelerator.sync_gradients:

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
                                    classes=config.class_names)
     processor = GeoMIMImageProcessor()  # only its BEV augmentation is used: rotate, scale, mirror
     loader = make_dataloader(train_rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
-                             seed=args.seed, with_images=False)
+                             seed=args.seed, with_images=False, input_names=model.model_input_names)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
@@ -79,8 +79,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         with accelerator.accumulate(model):
-            out = model(batch["lidar_points"], batch["ego_from_lidar"], batch["point_mask"], boxes=batch["boxes"],
-                        velocities=batch["velocities"], labels=batch["labels"], box_mask=batch["box_mask"])
+            out = model(**batch)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])
         if not accelerator.sync_gradients:

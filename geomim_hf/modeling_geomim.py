@@ -69,7 +69,8 @@ def pixel_targets(pixel_values: torch.Tensor, grid: tuple[int, int], patch: int,
 @dataclass
 class GeoMIMModelOutput(ModelOutput):
     """
-    feature_maps: per ``out_indices`` stage, (B, N, C_s, H_s, W_s) layer-normed encoder features.
+    feature_maps: per ``out_indices`` stage, (B, N, C_s, H_s, W_s) layer-normed encoder features of the
+        image: H_s = ceil(H / stride_s), W_s likewise (the padding to whole masking cells is cropped).
     hidden_states: every stage's output before the norm, (B, N, C_s, H_s, W_s), if asked for.
     """
 
@@ -183,13 +184,18 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
     inside the encoder (the abstract's reading; the official code has none).
     """
 
+    model_input_names = ("pixel_values",)  # the batch fields forward takes: collate_geomim keeps these
+
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
-        self.encoder = SwinEncoder(
-            config.image_size, config.patch_size, config.num_channels, config.embed_dim, config.depths,
-            config.num_heads, config.window_size, config.mlp_ratio, config.qkv_bias, config.shifted_windows,
-            config.absolute_position_embedding_size if config.use_absolute_position_embeddings else None,
-            config.drop_path_rate, config.layer_norm_eps, config.mask_cell_size)
+        self.encoder = SwinEncoder(config.image_size, patch_size=config.patch_size, in_channels=config.num_channels,
+                                   embed_dim=config.embed_dim, depths=config.depths, num_heads=config.num_heads,
+                                   window_size=config.window_size, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                                   shifted_windows=config.shifted_windows,
+                                   absolute_position_embedding_size=config.absolute_position_embedding_size
+                                   if config.use_absolute_position_embeddings else None,
+                                   drop_path_rate=config.drop_path_rate, eps=config.layer_norm_eps,
+                                   cell_size=config.mask_cell_size)
         self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(config.stage_dims[i], eps=config.layer_norm_eps)
                                         for i in config.out_indices})
         self.cross_view = nn.ModuleDict({str(i): CrossViewAttention(config.stage_dims[i], config.num_heads[i],
@@ -206,25 +212,29 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
                 output_hidden_states: bool = False, return_dict: bool = True):
         """pixel_values: (B, N, 3, H, W); bool_masked_pos: (H_cells, W_cells) or None. With a mask,
-        every token only attends to tokens of its own group (one pass encodes both groups)."""
-        batch, views = pixel_values.shape[:2]
+        every token only attends to tokens of its own group (one pass encodes both groups). The
+        encoder runs on the image padded to whole masking cells; the maps returned cover the image:
+        the tokens of stride s that hold any of its pixels, ceil(H / s) x ceil(W / s)."""
+        batch, views, _, image_height, image_width = pixel_values.shape
         groups = None if bool_masked_pos is None else bool_masked_pos.long().to(pixel_values.device)
 
         def after_stage(index, x, token_groups):
             if str(index) not in self.cross_view:
                 return x
             _, height, width, channels = x.shape
-            tokens = self.cross_view[str(index)](x.reshape(-1, height * width, channels), views, height, width,
-                                                 token_groups)
+            tokens = self.cross_view[str(index)](x.reshape(-1, height * width, channels), num_views=views,
+                                                 height=height, width=width, groups=token_groups)
             return tokens.view(-1, height, width, channels)
 
         stages = self.encoder(pixel_values.flatten(0, 1), groups, after_stage if self.cross_view else None)
 
-        def per_view(x):  # (B*N, h, w, C) -> (B, N, C, h, w)
+        def per_view(x, stride):  # (B*N, h_pad, w_pad, C) -> (B, N, C, h, w), cropped to the image
+            x = x[:, : -(-image_height // stride), : -(-image_width // stride)]
             return x.permute(0, 3, 1, 2).reshape(batch, views, *x.shape[3:], *x.shape[1:3])
 
-        feature_maps = tuple(per_view(self.out_norms[str(i)](stages[i])) for i in self.config.out_indices)
-        hidden_states = tuple(per_view(s) for s in stages) if output_hidden_states else None
+        strides = self.config.stage_strides
+        feature_maps = tuple(per_view(self.out_norms[str(i)](stages[i]), strides[i]) for i in self.config.out_indices)
+        hidden_states = tuple(per_view(s, strides[i]) for i, s in enumerate(stages)) if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (feature_maps, hidden_states) if v is not None)
         return GeoMIMModelOutput(feature_maps=feature_maps, hidden_states=hidden_states)
@@ -240,6 +250,10 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
     cells (MixMAE's target, at the decoder's 16-pixel patches); ``"depth"`` predicts the LiDAR depth
     maps alone. Only the modules an objective trains are built."""
 
+    # The batch fields forward takes (collate_geomim keeps these); the mask is drawn per step by the loop.
+    model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                         "augmented_ego_from_ego", "teacher_features", "depth_labels")
+
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
         if tuple(config.out_indices) != (2, 3) or config.stage_strides[2] != DECODER_STRIDE:
@@ -251,12 +265,16 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         self.decoder_grid = (padded[0] // DECODER_STRIDE, padded[1] // DECODER_STRIDE)
         self.feature_size = (config.image_size[0] // DECODER_STRIDE, config.image_size[1] // DECODER_STRIDE)
         pixel = self.objective == "pixel"
-        self.decoder = GeoMIMDecoder(
-            (config.stage_dims[2], config.stage_dims[3]), self.decoder_grid, config.decoder_hidden_size,
-            config.decoder_num_layers, config.decoder_num_heads, config.mlp_ratio, config.decoder_neck_window_size,
-            config.num_heads[2], config.decoder_cross_view_layers, config.depth_branch_start_layer,
-            config.depth_branch_num_layers, config.depth_branch_cross_view_layers, config.camera_aware_hidden_size,
-            config.layer_norm_eps, depth_branch=config.decoder_depth_branch and not pixel)
+        self.decoder = GeoMIMDecoder((config.stage_dims[2], config.stage_dims[3]), feature_size=self.decoder_grid,
+                                     hidden_size=config.decoder_hidden_size, num_layers=config.decoder_num_layers,
+                                     num_heads=config.decoder_num_heads, mlp_ratio=config.mlp_ratio,
+                                     neck_window=config.decoder_neck_window_size, neck_heads=config.num_heads[2],
+                                     cross_view_layers=config.decoder_cross_view_layers,
+                                     depth_branch_start=config.depth_branch_start_layer,
+                                     depth_branch_layers=config.depth_branch_num_layers,
+                                     depth_branch_cross_view_layers=config.depth_branch_cross_view_layers,
+                                     camera_hidden_size=config.camera_aware_hidden_size, eps=config.layer_norm_eps,
+                                     depth_branch=config.decoder_depth_branch and not pixel)
         if pixel:
             self.pixel_head = nn.Linear(config.decoder_hidden_size, DECODER_STRIDE**2 * config.num_channels)
             self.post_init()
@@ -276,7 +294,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         """One mask group. ``pixel``: returns the predicted pixels (B, N, h', w', 16*16*3) of every token of
         the padded image and None. Otherwise BEV features (B, C_t, Y, X) (None for ``depth``) and depth
         logits (B, N, D, h, w)."""
-        semantic, depth = self.decoder(c4, c5, views, cameras, masked, token_groups)  # (B*N, C, h', w')
+        semantic, depth = self.decoder(c4, c5=c5, num_views=views, cameras=cameras, masked=masked,
+                                       groups=token_groups)  # (B*N, C, h', w') each
         batch = intrinsics.shape[0]
         if self.objective == "pixel":
             pixels = self.pixel_head(semantic.permute(0, 2, 3, 1))
@@ -286,8 +305,10 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         depth_logits, context = self.depth_net(features[:, :, :height, :width])  # drop the padding cells
         if self.objective == "depth":
             return None, depth_logits.view(batch, views, *depth_logits.shape[1:])
-        bev, depth_logits = self.lift_splat.splat_views(  # bev (B, C, 2Y, 2X)
-            depth_logits, context, intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
+        bev, depth_logits = self.lift_splat.splat_views(depth_logits, context=context, intrinsics=intrinsics,
+                                                        ego_from_camera=ego_from_camera,
+                                                        processed_from_original=processed_from_original,
+                                                        augmented_ego_from_ego=augmented_ego_from_ego)
         return self.bev_head(self.bev_downsample(bev)), depth_logits
 
     def forward(
@@ -325,7 +346,11 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
             depth_labels = None
         batch, views = pixel_values.shape[:2]
         encoded = self.geomim(pixel_values, bool_masked_pos=bool_masked_pos)
-        c4, c5 = (f.flatten(0, 1).permute(0, 2, 3, 1) for f in encoded.feature_maps)  # channels last
+        # The decoder works on the padded image's token grid (the masking cells'): pad the maps back. The
+        # padding tokens are a group of their own and get the mask token, so their values never matter.
+        grid_h, grid_w = self.decoder_grid
+        c4, c5 = (F.pad(f.flatten(0, 1), (0, -(-grid_w // k) - f.shape[-1], 0, -(-grid_h // k) - f.shape[-2]))
+                  .permute(0, 2, 3, 1) for f, k in zip(encoded.feature_maps, (1, 2)))  # (B*N, h', w', C)
         cameras = camera_vector(intrinsics, processed_from_original, ego_from_camera).flatten(0, 1).to(c4.dtype)
         # (h', w') groups of the stride-16 tokens of the padded image; padding-only tokens are PAD_GROUP
         token_groups = self.geomim.encoder.token_groups(bool_masked_pos.long().to(c4.device), DECODER_STRIDE)
@@ -333,8 +358,11 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         reconstructions, depths = [], []
         for group in (0, 1):
             masked = token_groups != group  # the other group and the padding get the mask token
-            bev, depth_logits = self.decode_group(c4, c5, views, cameras, masked, token_groups, intrinsics,
-                                                  ego_from_camera, processed_from_original, augmented_ego_from_ego)
+            bev, depth_logits = self.decode_group(c4, c5=c5, views=views, cameras=cameras, masked=masked,
+                                                  token_groups=token_groups, intrinsics=intrinsics,
+                                                  ego_from_camera=ego_from_camera,
+                                                  processed_from_original=processed_from_original,
+                                                  augmented_ego_from_ego=augmented_ego_from_ego)
             reconstructions.append(bev)
             depths.append(depth_logits)
         reconstruction = None if reconstructions[0] is None else torch.stack(reconstructions, 1)
@@ -359,8 +387,10 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
             if self.config.reconstruction_region == "all":
                 reconstruction_loss = squared.mean()
             else:
-                region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics, ego_from_camera,
-                                                             processed_from_original, augmented_ego_from_ego)
+                region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics=intrinsics,
+                                                             ego_from_camera=ego_from_camera,
+                                                             processed_from_original=processed_from_original,
+                                                             augmented_ego_from_ego=augmented_ego_from_ego)
                                       for g in (0, 1)], 1)
                 reconstruction_loss = (squared * region).sum() / (region.sum() * squared.shape[2]).clamp(min=1)
             loss = reconstruction_loss
@@ -368,8 +398,9 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
             depth_loss = self.depth_loss(depth, depth_labels)
             weight = 1.0 if self.objective == "depth" else self.config.depth_loss_weight
             loss = weight * depth_loss if loss is None else loss + weight * depth_loss
-        output = MaskedBEVModelingOutput(loss, reconstruction_loss, depth_loss, reconstruction, depth, target,
-                                         bool_masked_pos)
+        output = MaskedBEVModelingOutput(loss=loss, reconstruction_loss=reconstruction_loss, depth_loss=depth_loss,
+                                         reconstruction=reconstruction, depth=depth, target=target,
+                                         bool_masked_pos=bool_masked_pos)
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
@@ -383,8 +414,9 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         context = indicator.expand(batch, views, 1, height, width).contiguous()
         depth = torch.ones(batch, views, self.lift_splat.depth_bins.count, height, width, device=intrinsics.device,
                            dtype=intrinsics.dtype)
-        hits = self.lift_splat(depth, context, intrinsics, ego_from_camera, processed_from_original,
-                               augmented_ego_from_ego)
+        hits = self.lift_splat(depth, context=context, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
+                               processed_from_original=processed_from_original,
+                               augmented_ego_from_ego=augmented_ego_from_ego)
         return (F.max_pool2d(hits, self.config.bev_downsample) > 0).to(hits.dtype)
 
     def depth_loss(self, depth_logits: torch.Tensor, depth_labels: torch.Tensor) -> torch.Tensor:
@@ -406,6 +438,12 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
     resampling, done exactly at the frustum points. As BEVDet4D, it runs without gradients.
     """
 
+    # The batch fields forward takes (collate_geomim keeps these).
+    model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                         "augmented_ego_from_ego", "prev_pixel_values", "prev_intrinsics",
+                         "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego", "boxes",
+                         "velocities", "labels", "attributes", "box_mask", "depth_labels")
+
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
         self.geomim = GeoMIMModel(config)
@@ -415,6 +453,10 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
                                              num_bins=config.detection_depth_bins.count,
                                              context_channels=config.det_context_channels,
                                              camera_hidden_size=config.camera_aware_hidden_size)
+        if config.image_size[0] % strides[0] or config.image_size[1] % strides[0]:
+            raise ValueError(f"image_size {config.image_size} must be a multiple of the detector's feature stride "
+                             f"{strides[0]} (the finest of out_indices {config.out_indices}), so that the features "
+                             "cover the image exactly")
         self.lift_splat = LiftSplat(config.image_size, strides[0], depth_bins=config.detection_depth_bins,
                                     grid=config.detection_grid, kernel_backend=config.kernel_backend)
         frames = 2 if config.det_temporal else 1
@@ -442,9 +484,7 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
     def lift(self, pixel_values, intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego):
         """One frame's BEV (B, C, Y, X) and depth logits (B, N, D, h, w)."""
         features = self.geomim(pixel_values).feature_maps  # (B, N, C_s, H_s, W_s) per stage
-        image = self.neck([f.flatten(0, 1) for f in features])  # (B*N, C, h', w') of the padded image
-        height, width = self.lift_splat.feature_size
-        image = image[..., :height, :width]
+        image = self.neck([f.flatten(0, 1) for f in features])  # (B*N, C, h, w) at the finest stage's stride
         cameras = camera_vector(intrinsics, processed_from_original, ego_from_camera).flatten(0, 1).to(image.dtype)
         return self.lift_splat.splat_views(*self.depth_net(image, cameras), intrinsics, ego_from_camera,
                                            processed_from_original, augmented_ego_from_ego)
@@ -479,18 +519,20 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         """
         if augmented_ego_from_ego is None:
             augmented_ego_from_ego = torch.eye(4, device=pixel_values.device).expand(pixel_values.shape[0], 4, 4)
-        bev, depth = self.lift(pixel_values, intrinsics, ego_from_camera, processed_from_original,
-                               augmented_ego_from_ego)
+        bev, depth = self.lift(pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
+                               processed_from_original=processed_from_original,
+                               augmented_ego_from_ego=augmented_ego_from_ego)
         if self.config.det_temporal:
             if prev_pixel_values is None:
                 previous = bev.detach()
             else:
                 with torch.no_grad():
-                    ego_from_prev_camera = ego_from_prev_ego[:,
-                                                             None] @ prev_ego_from_camera  # where they were, in today's frame
-                    previous, _ = self.lift(prev_pixel_values, prev_intrinsics, ego_from_prev_camera,
-                                            prev_processed_from_original,
-                                            augmented_ego_from_ego)
+                    # (B, N, 4, 4) where the previous cameras were, in today's ego frame
+                    ego_from_prev_camera = ego_from_prev_ego[:, None] @ prev_ego_from_camera
+                    previous, _ = self.lift(prev_pixel_values, intrinsics=prev_intrinsics,
+                                            ego_from_camera=ego_from_prev_camera,
+                                            processed_from_original=prev_processed_from_original,
+                                            augmented_ego_from_ego=augmented_ego_from_ego)
             bev = torch.cat([bev, previous], 1)
         bev_features = self.bev_encoder(bev)
         head = self.head(bev_features)
@@ -498,8 +540,8 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
                                     attributes=head["attributes"], depth=depth, bev_features=bev_features)
         if boxes is not None:
             box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
-            targets = build_targets(boxes.float(), velocities.float(), labels, box_mask, self.grid,
-                                    len(self.config.class_names), attributes)
+            targets = build_targets(boxes.float(), velocities=velocities.float(), labels=labels, box_mask=box_mask,
+                                    grid=self.grid, num_classes=len(self.config.class_names), attributes=attributes)
             terms = center_loss(head, targets)
             output.heatmap_loss, output.regression_loss = terms["heatmap_loss"], terms["regression_loss"]
             output.attribute_loss = terms.get("attribute_loss")
@@ -550,5 +592,6 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         top-k, the score threshold, then per-class circle NMS with CenterPoint's radii."""
         radius = {i: NMS_RADIUS.get(name, 0.0) for i, name in enumerate(self.config.class_names)}
         heads = {"heatmap": outputs.heatmap, "regression": outputs.regression, "attributes": outputs.attributes}
-        return decode(heads, self.grid, top_k or self.config.det_max_detections,
-                      self.config.det_score_threshold if score_threshold is None else score_threshold, radius)
+        return decode(heads, grid=self.grid, top_k=top_k or self.config.det_max_detections,
+                      score_threshold=self.config.det_score_threshold if score_threshold is None else score_threshold,
+                      nms_radius=radius)

@@ -58,6 +58,8 @@ class LidarTeacherOutput(ModelOutput):
 class GeoMIMLidarTeacher(PreTrainedModel):
     config_class = GeoMIMLidarTeacherConfig
     main_input_name = "lidar_points"
+    # The batch fields forward takes (collate_geomim keeps these).
+    model_input_names = ("lidar_points", "ego_from_lidar", "point_mask", "boxes", "velocities", "labels", "box_mask")
 
     def __init__(self, config: GeoMIMLidarTeacherConfig):
         super().__init__(config)
@@ -117,7 +119,8 @@ class GeoMIMLidarTeacher(PreTrainedModel):
             boxes, velocities = boxes.float(), velocities.float()
             if lidar_frame:  # targets live on the head's LiDAR-frame grid
                 boxes, velocities = transform_boxes(torch.linalg.inv(ego_from_lidar.float()), boxes, velocities)
-            targets = build_targets(boxes, velocities, labels, box_mask, self.grid, len(self.config.class_names))
+            targets = build_targets(boxes, velocities=velocities, labels=labels, box_mask=box_mask, grid=self.grid,
+                                    num_classes=len(self.config.class_names))
             terms = center_loss(head, targets)
             output.loss, output.heatmap_loss, output.regression_loss = (
                 terms["loss"], terms["heatmap_loss"], terms["regression_loss"])
@@ -132,9 +135,10 @@ class GeoMIMLidarTeacher(PreTrainedModel):
                      top_k: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Per sample ego-frame ``boxes`` (P, 7) (z at the centre), ``scores``, ``labels`` and ``velocities``."""
         radius = {i: NMS_RADIUS[name] for i, name in enumerate(self.config.class_names)}
-        results = decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, self.grid,
-                         top_k or self.config.max_detections,
-                         self.config.score_threshold if score_threshold is None else score_threshold, radius)
+        results = decode({"heatmap": outputs.heatmap, "regression": outputs.regression}, grid=self.grid,
+                         top_k=top_k or self.config.max_detections,
+                         score_threshold=self.config.score_threshold if score_threshold is None else score_threshold,
+                         nms_radius=radius)
         if self.config.frame == "lidar":
             if outputs.ego_from_lidar is None:
                 raise ValueError("frame='lidar': the head decodes LiDAR-frame boxes, and outputs.ego_from_lidar "

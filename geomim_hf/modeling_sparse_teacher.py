@@ -45,12 +45,15 @@ class GeoMIMSparseTeacher(PreTrainedModel):
 
     config_class = GeoMIMSparseTeacherConfig
     main_input_name = "lidar_points"
+    model_input_names = ("lidar_points", "ego_from_lidar", "point_mask")  # the batch fields forward takes
 
     def __init__(self, config: GeoMIMSparseTeacherConfig):
         super().__init__(config)
-        self.encoder = SparseEncoder(config.in_channels, config.sparse_shape, config.base_channels,
-                                     config.output_channels, config.encoder_channels, config.downsample_paddings,
-                                     config.norm_eps, config.norm_momentum)
+        self.encoder = SparseEncoder(config.in_channels, sparse_shape=config.sparse_shape,
+                                     base_channels=config.base_channels, output_channels=config.output_channels,
+                                     encoder_channels=config.encoder_channels,
+                                     downsample_paddings=config.downsample_paddings, eps=config.norm_eps,
+                                     momentum=config.norm_momentum)
         self.post_init()
 
     @torch.no_grad()

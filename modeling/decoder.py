@@ -172,7 +172,7 @@ class GeoMIMDecoder(nn.Module):
         for index, block in enumerate(self.blocks):
             x = block(x)
             if str(index) in self.cross_view:
-                x = self.cross_view[str(index)](x, num_views, height, width)
+                x = self.cross_view[str(index)](x, num_views=num_views, height=height, width=width)
             if self.depth_branch and index == self.depth_branch_start:
                 depth = self.camera_gate(x, cameras)
 
@@ -184,5 +184,5 @@ class GeoMIMDecoder(nn.Module):
         for index, block in enumerate(self.depth_blocks):
             depth = block(depth)
             if str(index) in self.depth_cross_view:
-                depth = self.depth_cross_view[str(index)](depth, num_views, height, width)
+                depth = self.depth_cross_view[str(index)](depth, num_views=num_views, height=height, width=width)
         return to_map(self.norm(x)), to_map(self.depth_norm(depth))

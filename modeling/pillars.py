@@ -117,9 +117,9 @@ class PillarBackbone(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList()
         for out_channels, depth, stride in zip(channels, layers, strides):
-            modules = conv_bn_relu(in_channels, out_channels, stride, eps, momentum)
+            modules = conv_bn_relu(in_channels, out_channels=out_channels, stride=stride, eps=eps, momentum=momentum)
             for _ in range(depth):
-                modules += conv_bn_relu(out_channels, out_channels, 1, eps, momentum)
+                modules += conv_bn_relu(out_channels, out_channels=out_channels, stride=1, eps=eps, momentum=momentum)
             self.stages.append(nn.Sequential(*modules))
             in_channels = out_channels
 
@@ -178,12 +178,13 @@ class PillarEncoder(nn.Module):
         self.grid = grid
         self.center_z = center_z
         self.max_points_per_pillar, self.max_pillars = max_points_per_pillar, max_pillars
-        self.pfn = PillarFeatureNet(pillar_channels, center_z, max_points_per_pillar, norm_eps, norm_momentum)
-        self.backbone = PillarBackbone(pillar_channels, backbone_channels, backbone_layers, backbone_strides,
-                                       norm_eps, norm_momentum)
+        self.pfn = PillarFeatureNet(pillar_channels, center_z=center_z, max_points_per_pillar=max_points_per_pillar,
+                                    eps=norm_eps, momentum=norm_momentum)
+        self.backbone = PillarBackbone(pillar_channels, channels=backbone_channels, layers=backbone_layers,
+                                       strides=backbone_strides, eps=norm_eps, momentum=norm_momentum)
         self.stage_strides = [math.prod(backbone_strides[: i + 1]) for i in range(len(backbone_strides))]
-        self.neck = PillarNeck(backbone_channels, self.stage_strides, neck_channels, neck_stride, norm_eps,
-                               norm_momentum)
+        self.neck = PillarNeck(backbone_channels, strides=self.stage_strides, out_channels=neck_channels,
+                               out_stride=neck_stride, eps=norm_eps, momentum=norm_momentum)
         self.out_channels = neck_channels * len(backbone_channels)
 
     def scatter(self, points: torch.Tensor, point_mask: torch.Tensor | None) -> torch.Tensor:
@@ -204,7 +205,8 @@ class PillarEncoder(nn.Module):
         if self.max_points_per_pillar is not None or self.max_pillars is not None:
             valid[valid.clone()] = hard_voxelization_keep(pillar[valid], sample[valid], batch * height * width,
                                                           self.max_points_per_pillar, self.max_pillars)
-        features = self.pfn(points[valid][:, :5].float(), pillar[valid], batch * height * width, centers[valid])
+        features = self.pfn(points[valid][:, :5].float(), pillar=pillar[valid], num_pillars=batch * height * width,
+                            centers=centers[valid])
         return features.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor | None = None):

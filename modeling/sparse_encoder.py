@@ -181,7 +181,8 @@ class SparseConvNormAct(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  submanifold: bool = False, indice_key: str | None = None, eps: float = 1e-3, momentum: float = 0.01):
         super().__init__()
-        self.conv = SparseConv3d(in_channels, out_channels, kernel_size, stride, padding, submanifold, indice_key)
+        self.conv = SparseConv3d(in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride,
+                                 padding=padding, submanifold=submanifold, indice_key=indice_key)
         self.norm = nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum)
 
     def forward(self, x):
@@ -214,7 +215,7 @@ class SparseStage(nn.Module):
     def __init__(self, channels: int, num_blocks: int, out_channels: int | None, padding, level: int,
                  eps: float, momentum: float):
         super().__init__()
-        self.blocks = nn.ModuleList(SparseBasicBlock(channels, f"subm{level}", eps, momentum)
+        self.blocks = nn.ModuleList(SparseBasicBlock(channels, indice_key=f"subm{level}", eps=eps, momentum=momentum)
                                     for _ in range(num_blocks))
         self.downsample = None if out_channels is None else SparseConvNormAct(
             channels, out_channels, 3, stride=2, padding=padding, indice_key=f"down{level}", eps=eps, momentum=momentum)
@@ -258,8 +259,9 @@ class SparseEncoder(nn.Module):
                 entries = "its" if last else "all but its last"
                 raise ValueError(f"encoder_channels stage {level} {tuple(widths)}: basic blocks keep the width, so "
                                  f"{entries} entries must equal the input width {channels}")
-            stages.append(SparseStage(channels, len(block_widths), None if last else widths[-1],
-                                      None if last else downsample_paddings[level], level, eps, momentum))
+            stages.append(SparseStage(channels, num_blocks=len(block_widths), out_channels=None if last else widths[-1],
+                                      padding=None if last else downsample_paddings[level], level=level, eps=eps,
+                                      momentum=momentum))
             channels = channels if last else widths[-1]
         self.stages = nn.ModuleList(stages)
         # Squeeze z: kernel 3 and stride 2 along z only, no padding.

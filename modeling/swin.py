@@ -117,7 +117,7 @@ class SwinBlock(nn.Module):
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = WindowAttention(dim, num_heads, window, qkv_bias)
+        self.attn = WindowAttention(dim, num_heads=num_heads, window=window, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -198,7 +198,8 @@ class SwinStage(nn.Module):
         window = tuple(min(w, r) for w, r in zip(window, resolution))
         shift = tuple(0 if r <= w else w // 2 for w, r in zip(window, resolution)) if shifted else (0, 0)
         self.blocks = nn.ModuleList(
-            SwinBlock(out_dim, num_heads, window, shift if i % 2 else (0, 0), mlp_ratio, qkv_bias, drop_path[i], eps)
+            SwinBlock(out_dim, num_heads=num_heads, window=window, shift=shift if i % 2 else (0, 0),
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path[i], eps=eps)
             for i in range(depth))
 
     def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,10 +241,11 @@ class SwinEncoder(nn.Module):
         for i, depth in enumerate(depths):
             if i:
                 resolution = [(r + 1) // 2 for r in resolution]
-            self.stages.append(SwinStage(
-                dims[max(i - 1, 0)], dims[i], depth, num_heads[i], (window_size[i], window_size[i]), tuple(resolution),
-                downsample=i > 0, shifted=shifted_windows, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop_path=rates[sum(depths[:i]): sum(depths[:i + 1])], eps=eps))
+            self.stages.append(SwinStage(dims[max(i - 1, 0)], out_dim=dims[i], depth=depth, num_heads=num_heads[i],
+                                         window=(window_size[i], window_size[i]), resolution=tuple(resolution),
+                                         downsample=i > 0, shifted=shifted_windows, mlp_ratio=mlp_ratio,
+                                         qkv_bias=qkv_bias, drop_path=rates[sum(depths[:i]): sum(depths[:i + 1])],
+                                         eps=eps))
         self.dims = dims
         self.strides = [patch_size * 2**i for i in range(len(depths))]
 

@@ -189,8 +189,8 @@ class LiftSplat(nn.Module):
         batch, views = intrinsics.shape[:2]
         depth_logits = depth_logits.view(batch, views, *depth_logits.shape[1:])
         context = context.view(batch, views, *context.shape[1:])
-        bev = self(depth_logits.softmax(2), context, intrinsics, ego_from_camera, processed_from_original,
-                   augmented_ego_from_ego)
+        bev = self(depth_logits.softmax(2), context=context, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
+                   processed_from_original=processed_from_original, augmented_ego_from_ego=augmented_ego_from_ego)
         return bev, depth_logits
 
 

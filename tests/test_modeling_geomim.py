@@ -304,3 +304,22 @@ def test_masked_region_loss_covers_the_cells_the_masked_image_cells_lift_into():
                                                        augmented_ego_from_ego) for g in (0, 1)], 1)
     squared = (out.reconstruction - out.target[:, None]) ** 2
     torch.testing.assert_close(out.reconstruction_loss, (squared * regions).sum() / (regions.sum() * squared.shape[2]))
+
+
+def test_encoder_maps_cover_the_image_not_the_padding():
+    """At 64 x 176 the encoder runs on 64 x 192 (whole 32-pixel masking cells); its maps are cropped to
+    the tokens holding image pixels: ceil(176 / 16) = 11 and ceil(176 / 32) = 6 columns, the rows whole.
+    Cropping commutes with the per-token norm, so the maps equal the padded stages' columns."""
+    config = _config(out_indices=(1, 2, 3))
+    model = GeoMIMModel(config).eval()
+    pixel_values = _inputs(config, batch=1)["pixel_values"]
+    with torch.no_grad():
+        out = model(pixel_values, output_hidden_states=True)
+        padded = model.encoder(pixel_values.flatten(0, 1))  # (B*N, h_pad, w_pad, C) per stage
+    assert [tuple(f.shape[-2:]) for f in out.feature_maps] == [(8, 22), (4, 11), (2, 6)]
+    assert [tuple(s.shape[1:3]) for s in padded[1:]] == [(8, 24), (4, 12), (2, 6)]
+    for index, feature in zip(config.out_indices, out.feature_maps):
+        height, width = feature.shape[-2:]
+        expected = model.out_norms[str(index)](padded[index][:, :height, :width]).permute(0, 3, 1, 2)
+        torch.testing.assert_close(feature.flatten(0, 1), expected)
+    assert out.hidden_states[0].shape[-2:] == (16, 44)

@@ -78,14 +78,13 @@ def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
     config = _config(det_temporal=False)
     model = GeoMIMForBEVDetection(config)
     processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=16)
-    batches = list(make_dataloader(rows, processor, batch_size=6, return_depth=True))  # all six keyframes
+    batches = list(make_dataloader(rows, processor, batch_size=6, return_depth=True,  # all six keyframes
+                                   input_names=model.model_input_names))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for step in range(250):
         batch = batches[step % len(batches)]
-        out = model(**{k: batch[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
-                                             "boxes", "velocities", "labels", "attributes", "box_mask")},
-                    depth_labels=batch["depth_maps"])
+        out = model(**batch)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()

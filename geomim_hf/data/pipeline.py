@@ -1,7 +1,10 @@
 """From a 🤗 Dataset of sample-contract rows to batches of tensors: a ``torch.utils.data.Dataset``
-that runs the image processor, and a collate function that pads boxes and points with masks."""
+that runs the image processor, and a collate function that pads boxes and points with masks and keeps
+exactly the inputs a model takes, so that ``model(**batch)`` works."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -11,9 +14,8 @@ from .geometry import invert_rigid
 from .targets import augment_boxes, augment_points
 
 FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego",
-              "depth_maps",
-              "ego_from_lidar", "global_from_ego", "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera",
-              "prev_processed_from_original", "ego_from_prev_ego")
+              "depth_labels", "teacher_features", "ego_from_lidar", "global_from_ego", "prev_pixel_values",
+              "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego")
 
 
 class GeoMIMDataset(torch.utils.data.Dataset):
@@ -26,19 +28,23 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         seed: augmentations depend only on ``(seed, epoch, index)``, so any number of workers gives
             the same batches; call :meth:`set_epoch` between epochs. The epoch lives in shared memory,
             so it reaches persistent DataLoader workers too (each holds its own copy of the dataset).
-        return_depth: add LiDAR ``depth_maps`` at the processor's ``depth_stride``.
+        return_depth: add the LiDAR depth maps at the processor's ``depth_stride`` as ``depth_labels`` (the
+            processor's ``depth_maps``, named as the models take them).
         with_targets: add boxes, velocities, labels, attributes and the LiDAR points.
         with_images: process the camera images; without them (a LiDAR-only model) only the BEV
             augmentation of points and boxes runs, and the images are never decoded.
         temporal: add the previous keyframe (BEVDet4D): ``prev_pixel_values``, ``prev_intrinsics``,
             ``prev_ego_from_camera``, ``prev_processed_from_original`` (its images get the same augmentation)
             and ``ego_from_prev_ego``; a scene's first keyframe is its own previous one.
+        teacher_features: a :class:`~geomim_hf.teacher_cache.TeacherFeatureCache`: add each sample's cached
+            LiDAR-teacher BEV features, moved by its BEV augmentation, as ``teacher_features`` (C_t, Y, X).
     """
 
     def __init__(self, dataset, processor, training: bool = False, seed: int = 0, return_depth: bool = False,
-                 with_targets: bool = True, with_images: bool = True, temporal: bool = False):
-        if return_depth and not with_images:
-            raise ValueError("return_depth needs the images' geometry: with_images=True")
+                 with_targets: bool = True, with_images: bool = True, temporal: bool = False, teacher_features=None):
+        if (return_depth or teacher_features is not None) and not with_images:
+            raise ValueError("return_depth and teacher_features go with the camera samples: with_images=True")
+        self.teacher_features = teacher_features
         self.dataset, self.processor, self.training = dataset, processor, training
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by every worker process
@@ -74,6 +80,11 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             return_depth=self.return_depth,
         )
         sample = {key: value[0] for key, value in processed.items()}  # drop the batch dim of one sample
+        if self.return_depth:
+            sample["depth_labels"] = sample.pop("depth_maps")
+        if self.teacher_features is not None:
+            sample["teacher_features"] = self.teacher_features.load(
+                [row["sample_token"]], sample["augmented_ego_from_ego"][None])[0]
         if self.temporal:
             sample.update(self._previous(row, index))
         sample["ego_from_lidar"] = torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32)
@@ -161,31 +172,47 @@ def _pad(tensors: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, 
     return padded, mask
 
 
-def collate_geomim(samples: list[dict]) -> dict:
+def collate_geomim(samples: list[dict], input_names=None) -> dict:
     """Stack fixed-size tensors; pad boxes (with ``box_mask``) and points (with ``point_mask``).
 
-    Padded labels and attributes are -1."""
-    batch = {key: torch.stack([s[key] for s in samples]) for key in FIXED_KEYS if key in samples[0]}
-    batch["sample_token"] = [s["sample_token"] for s in samples]
-    if "boxes" in samples[0]:
+    Padded labels and attributes are -1. ``input_names`` (a model's ``model_input_names``): keep only
+    those fields (the ones the samples hold), so that the batch is exactly the model's keyword inputs;
+    ``None`` keeps every field, the metadata (``sample_token``, ``global_from_ego``, ...) too."""
+    def wanted(*keys):  # fields nobody asked for are not even stacked (the points are large)
+        return keys[0] in samples[0] and (input_names is None or any(key in input_names for key in keys))
+
+    batch = {key: torch.stack([s[key] for s in samples]) for key in FIXED_KEYS if wanted(key)}
+    if wanted("sample_token"):
+        batch["sample_token"] = [s["sample_token"] for s in samples]
+    if wanted("boxes", "box_mask"):
         batch["boxes"], batch["box_mask"] = _pad([s["boxes"] for s in samples])
+    if wanted("velocities"):
         batch["velocities"], _ = _pad([s["velocities"] for s in samples])
-        batch["labels"], _ = _pad([s["labels"] for s in samples], fill=-1)
-        batch["attributes"], _ = _pad([s["attributes"] for s in samples], fill=-1)
-    if "lidar_points" in samples[0]:
+    for key in ("labels", "attributes"):
+        if wanted(key):
+            batch[key], _ = _pad([s[key] for s in samples], fill=-1)
+    if wanted("lidar_points", "point_mask"):
         batch["lidar_points"], batch["point_mask"] = _pad([s["lidar_points"] for s in samples])
+    if input_names is not None:
+        batch = {key: value for key, value in batch.items() if key in input_names}
     return batch
 
 
 def make_dataloader(dataset, processor, batch_size: int, training: bool = False, num_workers: int = 0,
                     seed: int = 0, return_depth: bool = False, with_targets: bool = True, with_images: bool = True,
-                    temporal: bool = False, indices=None, **kwargs) -> DataLoader:
+                    temporal: bool = False, indices=None, teacher_features=None, input_names=None,
+                    **kwargs) -> DataLoader:
     """A ``DataLoader`` over processed samples; shuffles when training (seeded). ``indices`` (e.g. a
-    class-balanced resampling) lists the rows an epoch visits, repeats allowed."""
+    class-balanced resampling) lists the rows an epoch visits, repeats allowed. ``input_names`` (a
+    model's ``model_input_names``): the batches hold exactly those fields (see :func:`collate_geomim`);
+    without shuffling, batch ``i`` holds rows ``i * batch_size ...``, which is where a caller finds
+    the rows' tokens and poses."""
     processed = GeoMIMDataset(dataset, processor, training=training, seed=seed, return_depth=return_depth,
-                              with_targets=with_targets, with_images=with_images, temporal=temporal)
+                              with_targets=with_targets, with_images=with_images, temporal=temporal,
+                              teacher_features=teacher_features)
     if indices is not None:
         processed = ResampledDataset(processed, indices)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(processed, batch_size=batch_size, shuffle=training, num_workers=num_workers,
-                      collate_fn=collate_geomim, generator=generator, persistent_workers=num_workers > 0, **kwargs)
+                      collate_fn=functools.partial(collate_geomim, input_names=input_names), generator=generator,
+                      persistent_workers=num_workers > 0, **kwargs)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import load_nuscenes, make_dataloader
 from .nuscenes import DEFAULT_META, evaluate_nuscenes, format_metrics, write_nuscenes_submission
-
-# What the detectors read from a batch, besides their targets: the camera detector and the LiDAR teacher.
-DETECTOR_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego",
-                   "prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original",
-                   "ego_from_prev_ego")
-LIDAR_DETECTOR_INPUTS = ("lidar_points", "ego_from_lidar", "point_mask")
 
 
 def reads_lidar(model) -> bool:
@@ -29,17 +24,22 @@ def predict_detections(model, rows, processor, batch_size: int = 4, score_thresh
     row, without augmentation, from a camera detector or a LiDAR one."""
     lidar = reads_lidar(model)
     loader = make_dataloader(rows, processor, batch_size, training=False, with_targets=False, with_images=not lidar,
-                             temporal=not lidar and model.config.det_temporal, num_workers=num_workers)
-    names = LIDAR_DETECTOR_INPUTS if lidar else DETECTOR_INPUTS
+                             temporal=not lidar and model.config.det_temporal, num_workers=num_workers,
+                             input_names=model.model_input_names)
+    # Unshuffled: the batches follow the rows, whose tokens and poses the submission needs.
+    tokens = rows["sample_token"]
+    global_from_ego = np.asarray(rows.select_columns(["global_from_ego"]).with_format(None)["global_from_ego"],
+                                 np.float64)  # (R, 4, 4)
     was_training = model.training
     model.eval()
     predictions, samples = [], []
     for batch in tqdm(loader, desc="detecting"):
-        inputs = {k: batch[k].to(model.device) for k in names if k in batch}
-        results = model.post_process(model(**inputs), score_threshold=score_threshold)
-        for result, token, global_from_ego in zip(results, batch["sample_token"], batch["global_from_ego"]):
+        results = model.post_process(model(**{k: v.to(model.device) for k, v in batch.items()}),
+                                     score_threshold=score_threshold)
+        for result in results:
             predictions.append({k: v.cpu() for k, v in result.items()})
-            samples.append({"sample_token": token, "global_from_ego": global_from_ego.numpy()})
+            row = len(samples)
+            samples.append({"sample_token": tokens[row], "global_from_ego": global_from_ego[row]})
     model.train(was_training)
     return predictions, samples
 

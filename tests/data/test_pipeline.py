@@ -1,7 +1,24 @@
+import inspect
+
+import pytest
 import torch
 
-from geomim_hf import GeoMIMImageProcessor
+from geomim_hf import (
+    GeoMIMConfig,
+    GeoMIMForBEVDetection,
+    GeoMIMForMaskedBEVModeling,
+    GeoMIMImageProcessor,
+    GeoMIMLidarTeacher,
+    GeoMIMLidarTeacherConfig,
+    GeoMIMModel,
+)
 from geomim_hf.data import GeoMIMDataset, collate_geomim, load_nuscenes, make_dataloader
+from geomim_hf.modeling_geomim import random_cell_mask
+from geomim_hf.modeling_sparse_teacher import GeoMIMSparseTeacher
+from geomim_hf.teacher_cache import TeacherFeatureCache, write_features, write_index
+
+CAMERA_INPUTS = {"pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego"}
+TARGETS = {"boxes", "velocities", "labels", "attributes", "box_mask"}
 
 
 def test_collate_pads_with_masks():
@@ -19,6 +36,10 @@ def test_collate_pads_with_masks():
     assert batch["labels"][1].tolist() == [-1, -1, -1] and batch["labels"][0].tolist() == [0, 1, 2]
     assert batch["lidar_points"].shape == (2, 5, 5) and batch["point_mask"].sum(1).tolist() == [5, 2]
     assert batch["lidar_points"][1, 2:].abs().sum() == 0
+    chosen = collate_geomim(samples, input_names=("pixel_values", "box_mask", "labels", "depth_labels"))
+    assert set(chosen) == {"pixel_values", "box_mask", "labels"}  # only what the samples hold
+    for key in chosen:
+        assert torch.equal(chosen[key], batch[key]), key
 
 
 def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path):
@@ -32,11 +53,11 @@ def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path)
     assert len(batches[0]) == 3
     for first, second in zip(batches[0], batches[2]):
         assert first["sample_token"] == second["sample_token"]
-        for key in ("pixel_values", "processed_from_original", "augmented_ego_from_ego", "depth_maps", "boxes",
+        for key in ("pixel_values", "processed_from_original", "augmented_ego_from_ego", "depth_labels", "boxes",
                     "lidar_points"):
             assert torch.equal(first[key], second[key]), key
     batch = batches[0][0]
-    assert batch["depth_maps"].shape == (2, 6, 8, 22) and (batch["depth_maps"] > 0).any()
+    assert batch["depth_labels"].shape == (2, 6, 8, 22) and (batch["depth_labels"] > 0).any()
     assert batch["labels"].shape == batch["box_mask"].shape and (batch["labels"][~batch["box_mask"]] == -1).all()
 
     # Augmentations depend on (seed, epoch, index) only: a new epoch draws new ones.
@@ -69,3 +90,59 @@ def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
             assert torch.equal(expected[token], actual[token]), (epoch, token)
     for token in transforms[0, 0]:
         assert not torch.equal(transforms[2, 0][token], transforms[2, 1][token])
+
+
+@pytest.mark.parametrize("model_class", [GeoMIMModel, GeoMIMForMaskedBEVModeling, GeoMIMForBEVDetection,
+                                         GeoMIMLidarTeacher, GeoMIMSparseTeacher])
+def test_model_input_names_are_forward_arguments(model_class):
+    arguments = inspect.signature(model_class.forward).parameters
+    assert model_class.model_input_names[0] == model_class.main_input_name
+    assert [name for name in model_class.model_input_names if name not in arguments] == []
+
+
+def test_batches_hold_exactly_the_model_inputs(nuscenes_root, tmp_path):
+    """model(**batch) for the detector, the pretraining model (cached teacher features) and the LiDAR
+    teacher; the metadata stays out and the cached features come moved by each sample's BEV mirror."""
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", sweeps=0, cache_dir=str(tmp_path / "rows"))
+    config = GeoMIMConfig.from_preset("geomim-tiny", kernel_backend="torch", det_temporal=False)
+    processor = GeoMIMImageProcessor(image_size=config.image_size, bev_rotate_range=(0.0, 0.0),
+                                     bev_scale_range=(1.0, 1.0), bev_flip_probability=0.5)
+
+    detector = GeoMIMForBEVDetection(config)
+    loader = make_dataloader(rows, processor, 2, training=True, return_depth=True, input_names=detector.model_input_names)
+    batch = next(iter(loader))
+    assert set(batch) == CAMERA_INPUTS | TARGETS | {"depth_labels"}
+    assert detector(**batch).loss.isfinite()
+
+    # A cache of random features on the student's target grid; mirrors only, as pretraining draws them.
+    cache_dir = tmp_path / "teacher_features"
+    cache_dir.mkdir()
+    grid, generator = config.target_grid, torch.Generator().manual_seed(0)
+    features = {token: torch.randn(3, *grid.size, generator=generator) for token in rows["sample_token"]}
+    for token, bev in features.items():
+        write_features(str(cache_dir), token, bev)
+    write_index(str(cache_dir), {"x_range": list(grid.x_range), "y_range": list(grid.y_range),
+                                 "resolution": grid.resolution, "channels": 3})
+    student = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny", kernel_backend="torch",
+                                                                  target_channels=3))
+    loader = make_dataloader(rows, processor, 3, training=True, seed=5, return_depth=True, with_targets=False,
+                             teacher_features=TeacherFeatureCache(str(cache_dir)), input_names=student.model_input_names)
+    tokens = {torch.flip(bev, dims).sum().item(): token for token, bev in features.items()
+              for dims in ([], [-1], [-2], [-2, -1])}
+    mirrors = 0
+    for batch in loader:
+        assert set(batch) == CAMERA_INPUTS | {"teacher_features", "depth_labels"}
+        for bev, transform in zip(batch["teacher_features"], batch["augmented_ego_from_ego"]):
+            source = features[tokens[bev.sum().item()]]
+            dims = [d for d, sign in ((-1, transform[0, 0]), (-2, transform[1, 1])) if sign < 0]
+            torch.testing.assert_close(bev, torch.flip(source, dims) if dims else source, rtol=0, atol=0)
+            mirrors += bool(dims)
+    assert mirrors > 0  # some samples were mirrored
+    mask = random_cell_mask(student.config, torch.Generator().manual_seed(0))
+    assert student(**batch, bool_masked_pos=mask).loss.isfinite()
+
+    teacher = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.for_student(config))
+    loader = make_dataloader(rows, processor, 2, training=True, with_images=False, input_names=teacher.model_input_names)
+    batch = next(iter(loader))
+    assert set(batch) == {"lidar_points", "ego_from_lidar", "point_mask"} | TARGETS - {"attributes"}
+    assert teacher(**batch).loss.isfinite()
