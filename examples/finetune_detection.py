@@ -36,6 +36,7 @@ from geomim_hf.training import (
     make_accelerator,
     make_schedule,
     optimizer_step,
+    record_curve_point,
     resume,
     save_checkpoint,
     training_batches,
@@ -155,16 +156,6 @@ def main(argv=None) -> None:
                               ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
                               temporal=config.det_temporal, frozen_encoder=args.freeze_encoder))
     accelerator.end_training()
-
-
-def record_curve_point(output_dir: str, step: int, metrics: dict) -> None:
-    """Add the devkit metrics after ``step`` to ``learning_curve.json`` ({step: metrics}), atomically."""
-    path = os.path.join(output_dir, "learning_curve.json")
-    curve = json.load(open(path)) if os.path.isfile(path) else {}
-    curve[str(step)] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    with open(path + ".partial", "w") as handle:
-        json.dump(dict(sorted(curve.items(), key=lambda kv: int(kv[0]))), handle, indent=2)
-    os.replace(path + ".partial", path)
 
 
 def score_on_the_way(args, accelerator, model, processor, step: int) -> None:

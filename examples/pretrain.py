@@ -17,6 +17,12 @@ The paper's baselines and ablations run on the same encoder, masks and data by f
 ``--objective pixel`` (MixMAE-style pixel reconstruction, no teacher), ``--objective depth`` (LiDAR
 depth alone, no teacher), and for GeoMIM ``--no-cross-view``, ``--no-depth-branch`` and
 ``--loss-region masked``.
+
+``--val-split`` scores the pretraining on held-out samples (unaugmented, fixed masks) at ``--eval-steps``
+and at the end, in ``OUT/learning_curve.json``, beside the image-blind baseline fitted on the training
+split (:class:`~geomim_hf.evaluation.pretraining.ImageBlindBaseline`): per target position the mean
+target, per view and pixel the depth bins' frequencies. A held-out loss at the baseline's means the
+encoder has read nothing from the images that the geometry alone did not give.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ import time
 import numpy as np
 import torch
 from accelerate.logging import get_logger
+from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.evaluation.pretraining import ImageBlindBaseline, evaluate_pretraining
 from geomim_hf.hub import create_model_card
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.teachers import load_teacher
@@ -40,7 +48,9 @@ from geomim_hf.training import (
     add_training_arguments,
     make_accelerator,
     make_schedule,
+    move_batch,
     optimizer_step,
+    record_curve_point,
     resume,
     save_checkpoint,
     training_batches,
@@ -69,9 +79,17 @@ def parse_args(argv=None):
     parser.add_argument("--teacher", default=None, help="folder of a LiDAR teacher (save_pretrained): a trained "
                         "GeoMIMLidarTeacher or a converted GeoMIMSparseTeacher; --objective geomim needs it")
     parser.add_argument("--teacher-features", default=None, help="cached targets (examples/cache_teacher_features.py)")
+    parser.add_argument("--val-split", default=None,
+                        help="held-out split scored at --eval-steps and at the end, beside the image-blind baseline "
+                        "fitted on --train-split (with --teacher-features, the cache must hold both splits)")
+    parser.add_argument("--eval-steps", type=int, nargs="*", default=[], help="steps to score --val-split after")
+    parser.add_argument("--eval-samples", type=int, default=256,
+                        help="at most this many samples of each split (evenly spaced) fit the baseline and are scored")
     args = parser.parse_args(argv)
     if args.objective == "geomim" and not args.teacher:
         parser.error("--objective geomim needs --teacher (a LiDAR teacher folder)")
+    if args.eval_steps and not args.val_split:
+        parser.error("--eval-steps needs --val-split")
     return args
 
 
@@ -126,6 +144,18 @@ def main(argv=None) -> None:
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     if teacher is not None:
         teacher.to(accelerator.device)  # frozen: no DDP wrapper
+
+    def with_targets(batch: dict) -> dict:
+        """The student's inputs: a teacher run online turns the batch's LiDAR points into its features."""
+        if online:
+            with torch.no_grad():
+                batch["teacher_features"] = teacher.bev_features(**{k: batch.pop(k) for k in TEACHER_INPUTS})
+        return batch
+
+    held_out = None
+    if args.val_split and accelerator.is_main_process:
+        held_out = HeldOut(args, accelerator.unwrap_model(model), rows, processor, cache, online, with_targets,
+                           accelerator.device)
     accelerator.init_trackers("geomim_pretrain", config=vars(args))
 
     start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
@@ -137,15 +167,15 @@ def main(argv=None) -> None:
     for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         # The mask is one draw per step, shared by the batch and the processes: seeded by the step.
         mask = random_cell_mask(config, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
-        if online:
-            with torch.no_grad():
-                batch["teacher_features"] = teacher.bev_features(**{k: batch.pop(k) for k in TEACHER_INPUTS})
+        batch = with_targets(batch)
         with accelerator.accumulate(model):
             out = model(**batch, bool_masked_pos=mask)
             optimizer_step(accelerator, model, optimizer, schedule, out.loss, args.max_grad_norm)
         log.update(step, epoch, out, schedule.get_last_lr()[0])
         if not accelerator.sync_gradients:
             continue  # the rest happens once per optimizer step
+        if held_out is not None and step + 1 in args.eval_steps and step + 1 < args.max_steps:
+            held_out.score(step + 1)
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()
@@ -157,9 +187,12 @@ def main(argv=None) -> None:
         processor.save_pretrained(args.output_dir)
         steps_run = max(args.max_steps - start_step, 1)
         summary = {"steps": args.max_steps, "seconds": round(seconds, 1), "seconds_per_step": seconds / steps_run}
+        if held_out is not None:
+            summary["held_out"] = {"split": args.val_split, **held_out.score(args.max_steps)}
         with open(os.path.join(args.output_dir, "pretrain_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
-        plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"))
+        plot_losses(log.path, os.path.join(args.output_dir, "loss_curve.png"),
+                    os.path.join(args.output_dir, "learning_curve.json"))
         create_model_card(args.output_dir, training=training_summary(
             args, accelerator, seconds, schedule, objective=args.objective, teacher=args.teacher,
             mask_ratio=config.mask_ratio,
@@ -169,7 +202,40 @@ def main(argv=None) -> None:
     accelerator.end_training()
 
 
-def plot_losses(history_path: str, path: str) -> None:
+class HeldOut:
+    """The held-out scoring of a pretraining (main process): the image-blind baseline fitted once on up to
+    ``--eval-samples`` training samples, then :meth:`score` on as many ``--val-split`` samples, both unaugmented
+    and in the order of their rows."""
+
+    def __init__(self, args, model, train_rows, processor, cache, online: bool, with_targets, device):
+        self.args, self.model, self.with_targets, self.device = args, model, with_targets, device
+        with_points = TEACHER_INPUTS if online else ()
+
+        def loader(rows):
+            step = max(1, -(-len(rows) // args.eval_samples))  # evenly spaced, at most eval_samples
+            return make_dataloader(rows.select(range(0, len(rows), step)), processor, args.batch_size,
+                                   num_workers=args.num_workers, return_depth=True, with_targets=False,
+                                   teacher_features=cache, input_names=model.model_input_names + with_points)
+
+        self.baseline = ImageBlindBaseline(model)
+        for batch in tqdm(loader(train_rows), desc="fitting the image-blind baseline"):
+            self.baseline.update(with_targets(move_batch(batch, device)))
+        held_out = load_nuscenes(args.dataroot, args.version, args.val_split, sweeps=args.sweeps,
+                                 classes=model.config.class_names)
+        self.loader = loader(held_out)
+
+    def score(self, step: int) -> dict:
+        batches = (self.with_targets(move_batch(batch, self.device)) for batch in self.loader)
+        scores = evaluate_pretraining(self.model, batches, self.baseline, seed=self.args.seed)
+        record_curve_point(self.args.output_dir, step, scores)
+        logger.info(f"step {step} on {self.args.val_split}: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in scores.items() if name != "samples"), main_process_only=True)
+        return scores
+
+
+def plot_losses(history_path: str, path: str, curve_path: str | None = None) -> None:
+    """The training losses by step and, where ``curve_path`` holds them, the held-out losses and their
+    image-blind baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,6 +244,7 @@ def plot_losses(history_path: str, path: str) -> None:
     records = [json.loads(line) for line in open(history_path)]
     if not records:
         return
+    curve = json.load(open(curve_path)) if curve_path and os.path.isfile(curve_path) else {}
     steps = np.array([r["step"] for r in records])
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for axis, key, title in ((axes[0], "reconstruction_loss", "reconstruction (MSE)"),
@@ -185,7 +252,13 @@ def plot_losses(history_path: str, path: str) -> None:
         if key not in records[0]:
             axis.set_visible(False)
             continue
-        axis.plot(steps, [r[key] for r in records])
+        axis.plot(steps, [r[key] for r in records], label="training")
+        if curve:
+            held_out = sorted((int(step), scores) for step, scores in curve.items() if key in scores)
+            axis.plot([s for s, _ in held_out], [c[key] for _, c in held_out], marker="o", label="held-out")
+            axis.plot([s for s, _ in held_out], [c[key.replace("_loss", "_baseline")] for _, c in held_out],
+                      linestyle="--", color="grey", label="held-out, image-blind baseline")
+            axis.legend(fontsize=8)
         axis.set_xlabel("step")
         axis.set_title(title)
         axis.grid(alpha=0.3)

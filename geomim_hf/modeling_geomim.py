@@ -368,32 +368,13 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
         reconstruction = None if reconstructions[0] is None else torch.stack(reconstructions, 1)
         depth = None if depths[0] is None else torch.stack(depths, 1)  # (B, G, N, D, h, w)
 
-        target = reconstruction_loss = depth_loss = loss = None
-        if self.objective == "pixel":
-            target = pixel_targets(pixel_values, self.decoder_grid, DECODER_STRIDE)  # (B, N, h', w', P)
-            losses = []
-            for group in (0, 1):
-                masked = token_groups == 1 - group  # (h', w') the other group's cells, never the padding
-                losses.append(F.mse_loss(reconstruction[:, group][:, :, masked].float(), target[:, :, masked]))
-            reconstruction_loss = loss = torch.stack(losses).mean()
-        elif self.objective == "geomim" and teacher_features is not None:
-            expected = (batch, self.config.target_channels, *self.config.target_grid.size)
-            if tuple(teacher_features.shape) != expected:
-                raise ValueError(f"teacher_features has shape {tuple(teacher_features.shape)}, expected {expected} "
-                                 f"(target_channels and target_grid.size of the config)")
-            target = patch_normalize(teacher_features.float(), self.config.target_patch_size,
-                                     self.config.target_norm_eps)
-            squared = (reconstruction.float() - target[:, None]) ** 2  # (B, G, C_t, Y, X)
-            if self.config.reconstruction_region == "all":
-                reconstruction_loss = squared.mean()
-            else:
-                region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics=intrinsics,
-                                                             ego_from_camera=ego_from_camera,
-                                                             processed_from_original=processed_from_original,
-                                                             augmented_ego_from_ego=augmented_ego_from_ego)
-                                      for g in (0, 1)], 1)
-                reconstruction_loss = (squared * region).sum() / (region.sum() * squared.shape[2]).clamp(min=1)
-            loss = reconstruction_loss
+        target = self.reconstruction_target(pixel_values, teacher_features)
+        reconstruction_loss = depth_loss = loss = None
+        if target is not None:
+            reconstruction_loss = loss = self.reconstruction_loss(
+                reconstruction, target, token_groups=token_groups, intrinsics=intrinsics,
+                ego_from_camera=ego_from_camera, processed_from_original=processed_from_original,
+                augmented_ego_from_ego=augmented_ego_from_ego)
         if depth_labels is not None:
             depth_loss = self.depth_loss(depth, depth_labels)
             weight = 1.0 if self.objective == "depth" else self.config.depth_loss_weight
@@ -402,6 +383,44 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                                          reconstruction=reconstruction, depth=depth, target=target,
                                          bool_masked_pos=bool_masked_pos)
         return output if return_dict else output.to_tuple()
+
+    def reconstruction_target(self, pixel_values: torch.Tensor,
+                              teacher_features: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The objective's target: ``geomim``, the patch-normalised teacher features (B, C_t, Y, X) (None
+        without ``teacher_features``); ``pixel``, the normalised pixels of every token (B, N, h', w', P);
+        ``depth``, None."""
+        if self.objective == "pixel":
+            return pixel_targets(pixel_values, self.decoder_grid, DECODER_STRIDE)
+        if self.objective != "geomim" or teacher_features is None:
+            return None
+        expected = (pixel_values.shape[0], self.config.target_channels, *self.config.target_grid.size)
+        if tuple(teacher_features.shape) != expected:
+            raise ValueError(f"teacher_features has shape {tuple(teacher_features.shape)}, expected {expected} "
+                             f"(target_channels and target_grid.size of the config)")
+        return patch_normalize(teacher_features.float(), self.config.target_patch_size, self.config.target_norm_eps)
+
+    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor, token_groups: torch.Tensor,
+                            intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego):
+        """The reconstruction loss of both mask groups' predictions ``reconstruction`` (the output's) against
+        ``target`` (:meth:`reconstruction_target`), averaged over the groups. ``pixel``: MSE over each group's
+        masked tokens (never the padding). ``geomim``: MSE over all BEV cells and channels, or over the cells
+        the group's masked tokens lift into (``reconstruction_region="masked"``; the cameras are for that).
+        ``token_groups`` (h', w'): the group of each stride-16 token of the padded image."""
+        if self.objective == "pixel":
+            losses = []
+            for group in (0, 1):
+                masked = token_groups == 1 - group  # (h', w') the other group's cells, never the padding
+                losses.append(F.mse_loss(reconstruction[:, group][:, :, masked].float(), target[:, :, masked]))
+            return torch.stack(losses).mean()
+        squared = (reconstruction.float() - target[:, None]) ** 2  # (B, G, C_t, Y, X)
+        if self.config.reconstruction_region == "all":
+            return squared.mean()
+        region = torch.stack([self.masked_bev_region(token_groups != g, intrinsics=intrinsics,
+                                                     ego_from_camera=ego_from_camera,
+                                                     processed_from_original=processed_from_original,
+                                                     augmented_ego_from_ego=augmented_ego_from_ego)
+                              for g in (0, 1)], 1)
+        return (squared * region).sum() / (region.sum() * squared.shape[2]).clamp(min=1)
 
     @torch.no_grad()
     def masked_bev_region(self, masked_tokens, intrinsics, ego_from_camera, processed_from_original,

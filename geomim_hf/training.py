@@ -277,3 +277,14 @@ def training_batches(accelerator: Accelerator, dataloader, start_step: int, max_
 
 def move_batch(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def record_curve_point(output_dir: str, step: int, metrics: dict) -> None:
+    """Add the held-out scores after ``step`` (a finetuning's devkit metrics, a pretraining's losses) to
+    ``learning_curve.json`` ({step: scores}; a step scored again is replaced), atomically."""
+    path = os.path.join(output_dir, "learning_curve.json")
+    curve = json.load(open(path)) if os.path.isfile(path) else {}
+    curve[str(step)] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    with open(path + ".partial", "w") as handle:
+        json.dump(dict(sorted(curve.items(), key=lambda kv: int(kv[0]))), handle, indent=2)
+    os.replace(path + ".partial", path)

@@ -93,6 +93,46 @@ def test_steps_count_optimizer_steps_under_gradient_accumulation(nuscenes_root, 
     assert all(torch.equal(resumed_weights[k], v) for k, v in weights["accumulated"].items())
 
 
+def test_held_out_scores_beside_the_image_blind_baseline(nuscenes_root, teacher_dir, tmp_path):
+    """--val-split scores the model at --eval-steps and at the end; the final scores are those of the saved
+    model, computed again here from its files, on the evenly spaced samples --eval-samples allows."""
+    from geomim_hf import GeoMIMImageProcessor
+    from geomim_hf.data import load_nuscenes, make_dataloader
+    from geomim_hf.evaluation.pretraining import ImageBlindBaseline, evaluate_pretraining
+    from geomim_hf.teachers import load_teacher
+
+    out = tmp_path / "scored"
+    _pretrain(nuscenes_root, teacher_dir, out, "--max-steps", "3", "--val-split", "mini_train", "--eval-steps", "1",
+              "--eval-samples", "2")
+    curve = json.loads((out / "learning_curve.json").read_text())
+    assert list(curve) == ["1", "3"]
+    assert set(curve["3"]) == {"reconstruction_loss", "depth_loss", "reconstruction_baseline", "depth_baseline",
+                               "samples"}
+    assert curve["1"]["reconstruction_baseline"] == curve["3"]["reconstruction_baseline"]  # no model in it
+    assert curve["1"]["reconstruction_loss"] != curve["3"]["reconstruction_loss"]
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["held_out"] == {"split": "mini_train", **curve["3"]}
+
+    model = GeoMIMForMaskedBEVModeling.from_pretrained(out)
+    teacher = load_teacher(str(teacher_dir))
+    processor = GeoMIMImageProcessor.from_pretrained(out)
+    inputs = model.model_input_names + ("lidar_points", "ego_from_lidar", "point_mask")
+
+    def batches(split, rows):
+        data = load_nuscenes(str(nuscenes_root), "v1.0-mini", split, sweeps=2).select(rows)
+        for batch in make_dataloader(data, processor, 1, return_depth=True, with_targets=False, input_names=inputs):
+            with torch.no_grad():
+                batch["teacher_features"] = teacher.bev_features(
+                    **{k: batch.pop(k) for k in ("lidar_points", "ego_from_lidar", "point_mask")})
+            yield batch
+
+    baseline = ImageBlindBaseline(model)
+    for batch in batches("mini_val", [0, 3]):  # 6 samples, at most 2: every third
+        baseline.update(batch)
+    scores = evaluate_pretraining(model, list(batches("mini_train", [0, 2])), baseline, seed=0)  # 3 samples
+    assert scores == pytest.approx(curve["3"], rel=1e-5)
+
+
 def test_pretrain_runs_as_two_cpu_processes(nuscenes_root, teacher_dir, tmp_path):
     launcher = (shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate", "launch",
                 "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
