@@ -1,10 +1,11 @@
-"""Evaluate a GeoMIM BEV detector on a nuScenes split with the official devkit.
+"""Evaluate a GeoMIM BEV detector (official devkit) or BEV map segmenter (BEVFusion's mIoU) on a nuScenes split.
 
     python examples/evaluate.py --model OUT/detector --dataroot DIR --version v1.0-mini --split mini_val --plot 4
 
-Prints the metric table, writes the result JSON and ``metrics.json`` to ``--output-dir`` (default:
-the model folder), and with ``--plot N`` saves pictures of N samples: camera views and BEV,
-predictions against ground truth.
+The task comes from the model's ``config.json`` (its ``architectures``). Prints the metric table, writes
+``metrics.json`` (and for a detector the devkit's result JSON) to ``--output-dir`` (default: the model folder),
+and with ``--plot N`` saves pictures of N samples: camera views and BEV, predictions against ground truth (a
+segmenter: each map class's probability with the devkit's mask outlined).
 """
 
 from __future__ import annotations
@@ -14,18 +15,32 @@ import json
 import os
 
 import torch
+from transformers import AutoConfig
 
+import geomim_hf  # noqa: F401  (registers the geomim model type)
 from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes
-from geomim_hf.data.visualize import plot_detections
-from geomim_hf.evaluation import evaluate_detector, predict_detections
+from geomim_hf.data.visualize import plot_detections, plot_map_segmentation
+from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter, predict_detections, predict_map_segmentation
 from geomim_hf.hub import create_model_card
-from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
+from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegmentation
+
+MODELS = {"GeoMIMForBEVDetection": GeoMIMForBEVDetection, "GeoMIMForBEVSegmentation": GeoMIMForBEVSegmentation}
+
+
+def load_model(folder: str):
+    """The detector or segmenter saved in ``folder``, by its config's ``architectures``."""
+    architectures = AutoConfig.from_pretrained(folder).architectures or []
+    known = [name for name in architectures if name in MODELS]
+    if not known:
+        raise ValueError(f"{os.path.join(folder, 'config.json')}: architectures {architectures} names no model this "
+                         f"script evaluates; expected one of {sorted(MODELS)}")
+    return MODELS[known[0]].from_pretrained(folder)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a GeoMIMForBEVDetection folder (save_pretrained)")
+    parser.add_argument("--model", required=True, help="a GeoMIMForBEVDetection or GeoMIMForBEVSegmentation folder")
     parser.add_argument("--dataroot", required=True)
     parser.add_argument("--version", default="v1.0-trainval")
     parser.add_argument("--split", default="val")
@@ -33,27 +48,40 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--score-threshold", type=float, default=0.05, help="boxes kept for the devkit")
     parser.add_argument("--plot", type=int, default=0, help="samples to draw")
-    parser.add_argument("--plot-threshold", type=float, default=0.3, help="lowest score drawn")
+    parser.add_argument("--plot-threshold", type=float, default=0.3, help="lowest box score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     output_dir = args.output_dir or args.model
     os.makedirs(output_dir, exist_ok=True)
-    model = GeoMIMForBEVDetection.from_pretrained(args.model).to(args.device).eval()
+    model = load_model(args.model).to(args.device).eval()
+    segmenter = isinstance(model, GeoMIMForBEVSegmentation)
     processor = GeoMIMImageProcessor.from_pretrained(args.model)
-    metrics = evaluate_detector(model, args.dataroot, args.version, args.split, output_dir, processor,
-                                batch_size=args.batch_size, score_threshold=args.score_threshold)
+    if segmenter:
+        metrics = evaluate_segmenter(model, args.dataroot, args.version, args.split, processor,
+                                     batch_size=args.batch_size)
+    else:
+        metrics = evaluate_detector(model, args.dataroot, args.version, args.split, output_dir, processor,
+                                    batch_size=args.batch_size, score_threshold=args.score_threshold)
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results
         create_model_card(args.model, metrics=metrics, eval_version=args.version, eval_split=args.split)
     if args.plot:  # the first samples again, kept with their rows for the pictures
-        rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names)
+        rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names,
+                             map_masks=segmenter)
         rows = rows.select(range(min(args.plot, len(rows))))
-        predictions, _ = predict_detections(model, rows, processor, args.batch_size, args.score_threshold)
-        for index, (row, prediction) in enumerate(zip(rows, predictions)):
-            picture = plot_detections(row, prediction, os.path.join(output_dir, f"detections_{index}.png"),
-                                      model.config.class_names, score_threshold=args.plot_threshold)
+        if segmenter:
+            probabilities = predict_map_segmentation(model, rows, processor, args.batch_size)
+            pictures = [plot_map_segmentation(row, maps, os.path.join(output_dir, f"segmentation_{index}.png"),
+                                              model.config.seg_class_names)
+                        for index, (row, maps) in enumerate(zip(rows, probabilities))]
+        else:
+            predictions, _ = predict_detections(model, rows, processor, args.batch_size, args.score_threshold)
+            pictures = [plot_detections(row, prediction, os.path.join(output_dir, f"detections_{index}.png"),
+                                        model.config.class_names, score_threshold=args.plot_threshold)
+                        for index, (row, prediction) in enumerate(zip(rows, predictions))]
+        for picture in pictures:
             print(f"drew {picture}")
     print(f"results in {output_dir}")
 

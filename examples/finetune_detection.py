@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from accelerate.logging import get_logger
@@ -25,10 +27,11 @@ from torch.optim.swa_utils import AveragedModel
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.data.maps import MapRasterizer
 from geomim_hf.data.pipeline import class_balanced_indices
-from geomim_hf.evaluation import evaluate_detector
+from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter
 from geomim_hf.hub import create_model_card
-from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
+from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegmentation
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
@@ -46,8 +49,37 @@ from geomim_hf.training import (
 logger = get_logger(__name__)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@dataclass(frozen=True)
+class Task:
+    """What differs between finetuning the detector and the map segmenter (the rest is one loop)."""
+
+    name: str
+    model_class: type
+    losses: tuple[str, ...]  # logged beside the total
+    headline: str  # the metric logged on the way
+    map_masks: bool  # the rows carry the devkit's map masks
+    class_balanced: bool  # CBGS by default (it balances the boxes' classes)
+    evaluate: Callable  # (model, args, output_dir, processor, verbose) -> metrics
+
+
+def _evaluate_detection(model, args, output_dir, processor, verbose=True) -> dict:
+    return evaluate_detector(model, args.dataroot, args.version, args.val_split, output_dir, processor, sweeps=0,
+                             batch_size=args.batch_size, verbose=verbose)
+
+
+def _evaluate_segmentation(model, args, output_dir, processor, verbose=True) -> dict:
+    return evaluate_segmenter(model, args.dataroot, args.version, args.val_split, processor,
+                              batch_size=args.batch_size, verbose=verbose)
+
+
+DETECTION = Task("detection", GeoMIMForBEVDetection, ("heatmap_loss", "regression_loss", "attribute_loss",
+                                                      "depth_loss"), "NDS", False, True, _evaluate_detection)
+SEGMENTATION = Task("segmentation", GeoMIMForBEVSegmentation, ("segmentation_loss", "depth_loss"), "mIoU", True,
+                    False, _evaluate_segmentation)
+
+
+def parse_args(argv=None, description: str = __doc__):
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     add_training_arguments(parser, max_steps=2000, batch_size=4, learning_rate=2e-4, warmup_steps=200,
                            logging_steps=20)
     # BEVDepth supervises depth with the keyframe's own points: merged sweeps smear moving objects.
@@ -60,10 +92,11 @@ def parse_args(argv=None):
     parser.add_argument("--drop-path-rate", type=float, default=0.2)
     parser.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA")
     parser.add_argument("--ema-ramp-steps", type=float, default=2000.0, help="the EMA decay's warm-up (BEVDet)")
-    parser.add_argument("--no-cbgs", action="store_true", help="plain uniform sampling instead of CBGS")
+    parser.add_argument("--no-cbgs", action="store_true", help="plain uniform sampling instead of CBGS "
+                        "(class-balanced over the boxes' classes; detection)")
     parser.add_argument("--no-temporal", action="store_true", help="no previous keyframe (BEVDet instead of 4D)")
     parser.add_argument("--eval-steps", type=int, nargs="*", default=[],
-                        help="also score the detector on --val-split after these steps (a learning curve, in "
+                        help="also score the model on --val-split after these steps (a learning curve, in "
                         "OUT/learning_curve.json; the final step is always scored)")
     parser.add_argument("--out-indices", type=int, nargs="+", default=None,
                         help="encoder stages the detector reads (e.g. 1 2 3 for stride-8 features over an encoder "
@@ -73,35 +106,40 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build_model(args) -> GeoMIMForBEVDetection:
+def build_model(args, task: Task = DETECTION):
     overrides = {"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal}
     if args.out_indices:
         overrides["out_indices"] = tuple(args.out_indices)
     if args.init == "scratch":
         config = GeoMIMConfig.from_preset_or_folder(args.model_config)
         config.update(overrides)
-        return GeoMIMForBEVDetection(config)
+        return task.model_class(config)
     # The pretrained encoder loads; the neck, depth net, BEV encoder and head are new (logged).
-    return GeoMIMForBEVDetection.from_pretrained(args.init, **overrides)
+    return task.model_class.from_pretrained(args.init, **overrides)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
+    """Finetune for ``task`` (``examples/finetune_segmentation.py`` runs this with :data:`SEGMENTATION`)."""
+    args = parse_args(argv, description)
     accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
                                    args.report_to, args.seed)
-    model = build_model(args)
+    model = build_model(args, task)
     if args.freeze_encoder:
         model.freeze_encoder()
     config = model.config
     with accelerator.main_process_first():
         rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
-                             classes=config.class_names)
+                             classes=config.class_names, map_masks=task.map_masks)
     processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=model.feature_stride)
-    indices = None if args.no_cbgs else class_balanced_indices(rows.with_format(None)["labels"],
+    cbgs = task.class_balanced and not args.no_cbgs
+    indices = None if not cbgs else class_balanced_indices(rows.with_format(None)["labels"],
                                                                len(config.class_names), args.seed)
+    # The BEV rotation and scale move the map masks: they are drawn again at the augmented pose.
+    rasterizer = MapRasterizer(args.dataroot, config.segmentation_grid, config.seg_class_names) \
+        if task.map_masks else None
     loader = make_dataloader(rows, processor, args.batch_size, training=True, num_workers=args.num_workers,
                              seed=args.seed, return_depth=True, temporal=config.det_temporal, indices=indices,
-                             input_names=model.model_input_names)
+                             input_names=model.model_input_names, map_rasterizer=rasterizer)
     optimizer = torch.optim.AdamW(model.parameter_groups(args.learning_rate, args.weight_decay, args.layer_decay),
                                   lr=args.learning_rate)
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
@@ -112,14 +150,14 @@ def main(argv=None) -> None:
                             multi_avg_fn=ema_multi_avg_fn(args.ema_decay, args.ema_ramp_steps),
                             use_buffers=True)
         accelerator.register_for_checkpointing(ema)
-    accelerator.init_trackers("geomim_detection", config=vars(args))
-    logger.info(f"detector: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(rows)} "
+    accelerator.init_trackers(f"geomim_{task.name}", config=vars(args))
+    logger.info(f"{task.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(rows)} "
                 f"keyframes, {len(loader)} batches per epoch", main_process_only=True)
 
     start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
     model.train()
     log = TrainingLog(accelerator, args.output_dir, args.max_steps, start_step, "finetuning", args.logging_steps,
-                      ("heatmap_loss", "regression_loss", "attribute_loss", "depth_loss"))
+                      task.losses)
     started = time.perf_counter()
     for step, epoch, batch in training_batches(accelerator, loader, start_step, args.max_steps):
         with accelerator.accumulate(model):
@@ -132,7 +170,7 @@ def main(argv=None) -> None:
             ema.update_parameters(accelerator.unwrap_model(model))
         if step + 1 in args.eval_steps and step + 1 < args.max_steps and args.val_split:
             score_on_the_way(args, accelerator, ema.module if ema is not None else accelerator.unwrap_model(model),
-                             processor, step + 1)
+                             processor, step + 1, task)
         if args.checkpointing_steps and (step + 1) % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, args.output_dir, step + 1, {"epoch": epoch})
     log.close()
@@ -145,28 +183,26 @@ def main(argv=None) -> None:
         processor.save_pretrained(args.output_dir)
         metrics = {"train_seconds": round(seconds, 1), "steps": args.max_steps, "init": args.init}
         if args.val_split:
-            metrics.update(evaluate_detector(final, args.dataroot, args.version, args.val_split, args.output_dir,
-                                             processor, sweeps=0, batch_size=args.batch_size))
+            metrics.update(task.evaluate(final, args, args.output_dir, processor))
             record_curve_point(args.output_dir, args.max_steps, metrics)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
                           eval_split=args.val_split, training=training_summary(
-                              args, accelerator, seconds, schedule, init=args.init, cbgs=not args.no_cbgs,
+                              args, accelerator, seconds, schedule, init=args.init, cbgs=cbgs,
                               ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
                               temporal=config.det_temporal, frozen_encoder=args.freeze_encoder))
     accelerator.end_training()
 
 
-def score_on_the_way(args, accelerator, model, processor, step: int) -> None:
-    """Score the detector being trained (the EMA where there is one) on the validation split."""
+def score_on_the_way(args, accelerator, model, processor, step: int, task: Task = DETECTION) -> None:
+    """Score the model being trained (the EMA where there is one) on the validation split."""
     if accelerator.is_main_process:
         folder = os.path.join(args.output_dir, f"eval-{step}")
         os.makedirs(folder, exist_ok=True)
-        metrics = evaluate_detector(model, args.dataroot, args.version, args.val_split, folder, processor, sweeps=0,
-                                    batch_size=args.batch_size, verbose=False)
+        metrics = task.evaluate(model, args, folder, processor, verbose=False)
         record_curve_point(args.output_dir, step, metrics)
-        logger.info(f"step {step}: NDS {metrics['NDS']:.4f} mAP {metrics['mAP']:.4f} on {args.val_split}",
+        logger.info(f"step {step}: {task.headline} {metrics[task.headline]:.4f} on {args.val_split}",
                     main_process_only=True)
     accelerator.wait_for_everyone()
 

@@ -22,9 +22,11 @@ already in ``--out``, so any stop continues where it was:
 5. finetuning cells, arm x protocol x seed, scored by the devkit on ``val``:
    ``full`` (the whole detector trains on ``train``, scored also at the learning curve's steps),
    ``probe`` (the encoder frozen, the rest trains on ``train``) and ``label`` (full finetuning on
-   ``train_detect``, a quarter of the labelled scenes). The main comparison (``random``, ``pixel``,
-   ``geomim`` under ``full`` and ``probe``) runs first, on every seed; the secondary cells (``label``,
-   and the probe of ``depth`` and of the ablations) follow, on the budget's first ``secondary_seeds``.
+   ``train_detect``, a quarter of the labelled scenes); and ``segment``, BEV map segmentation
+   (``finetune_segmentation.py`` on ``train``, BEVFusion's mIoU on ``val``), with one recipe for every
+   arm (``SEGMENT_RECIPE``, not searched). The main comparison (``random``, ``pixel``, ``geomim`` under
+   ``full``, ``probe`` and ``segment``) runs first, on every seed; the secondary cells (``label``, and the
+   probe of ``depth`` and of the ablations) follow, on the budget's first ``secondary_seeds``.
 
 ``OUT/results.json`` (every cell, and per arm, protocol and step the mean and 95% t-interval over
 seeds), ``OUT/results.md`` (the tables) and ``OUT/learning_curve.png`` are rewritten after every
@@ -58,8 +60,11 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quickstart import run_stage  # noqa: E402  (the sibling example script)
 
+from geomim_hf.data.classes import MAP_CLASSES  # noqa: E402
+
 VERSION = "v1.0-trainval"
 REPORTED = ("NDS", "mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
+SEGMENT_REPORTED = ("mIoU", *(f"IoU/{name}" for name in MAP_CLASSES))  # BEVFusion's map-segmentation scores
 ARMS = {  # the pretraining flags of each arm; random has no pretraining
     "random": None,
     "pixel": ["--objective", "pixel"],
@@ -74,6 +79,7 @@ PROTOCOLS = {  # train split, evaluation split, frozen encoder
     "full": ("train", "val", False),
     "probe": ("train", "val", True),
     "label": ("train_detect", "val", False),
+    "segment": ("train", "val", False),  # BEV map segmentation, examples/finetune_segmentation.py
 }
 # The finetuning recipes searched. "light" drops what the diagnosis found to hurt short runs (CBGS, the
 # previous frame, EMA, layer decay, drop path); "light-layer-decay" keeps the official layer-wise lr decay
@@ -84,6 +90,9 @@ RECIPES = {
     "light-layer-decay": [*LIGHT, "--layer-decay", "0.8"],
     "official": [],
 }
+# Map segmentation's recipe, the same for every arm and not searched (the search is the detector's): light at
+# the learning rate the search chose for random init and GeoMIM.
+SEGMENT_RECIPE = {"recipe": "light", "learning_rate": 2e-3}
 
 # A finished stage's files that later stages, the tables or a reader need, copied to --record; the teacher's
 # weights too (cached features and every geomim pretraining need it). Of a pretraining only the encoder is
@@ -148,9 +157,14 @@ def parse_args(argv=None):
 
 
 def is_main(arm: str, protocol: str) -> bool:
-    """The main comparison: random init, pixel MIM and GeoMIM under full finetuning and the frozen probe.
-    The rest (label efficiency, the depth-only target, GeoMIM's ablations) is secondary."""
-    return arm in MAIN_ARMS and protocol in ("full", "probe")
+    """The main comparison: random init, pixel MIM and GeoMIM under full finetuning, the frozen probe and map
+    segmentation. The rest (label efficiency, the depth-only target, GeoMIM's ablations) is secondary."""
+    return arm in MAIN_ARMS and protocol in ("full", "probe", "segment")
+
+
+def reported(protocol: str) -> tuple[str, ...]:
+    """The scores of a protocol's cells: the devkit's detection metrics, or map segmentation's IoU."""
+    return SEGMENT_REPORTED if protocol == "segment" else REPORTED
 
 
 def cells(args, budget: Budget):
@@ -203,7 +217,7 @@ def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
         curve = read_json(os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}", "learning_curve.json"))
         for step, metrics in (curve or {}).items():
             found.append({"arm": arm, "protocol": protocol, "seed": seed, "steps": int(step),
-                          **{k: metrics[k] for k in REPORTED}})
+                          **{k: metrics[k] for k in reported(protocol)}})
     summary = {}
     for row in found:
         summary.setdefault((row["arm"], row["protocol"], row["steps"]), []).append(row)
@@ -211,7 +225,7 @@ def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
     order = list(ARMS)
     for (arm, protocol, steps), rows in sorted(summary.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:])):
         entry = {"arm": arm, "protocol": protocol, "steps": steps, "seeds": sorted(r["seed"] for r in rows)}
-        for key in REPORTED:
+        for key in reported(protocol):
             mean, half = t_interval([r[key] for r in rows])
             entry[key] = {"mean": mean, "ci95": half}
         summaries.append(entry)
@@ -343,7 +357,9 @@ def results_markdown(results: dict) -> str:
             if arm in MAIN_ARMS:
                 lines.append(f"| {arm} | " + " | ".join(f"{results['search'][c]['held_out_NDS'][arm]:.3f}"
                                                        for c in candidates) + f" | {recipe_name(chosen)} |")
-    lines += ["", "Mean ± half-width of the 95% t-interval over seeds; devkit `detection_cvpr_2019` on val.", ""]
+    lines += ["", "Mean ± half-width of the 95% t-interval over seeds, on val: detection by the devkit "
+              "(`detection_cvpr_2019`); `segment` by BEVFusion's map-segmentation IoU (per class the best of "
+              f"thresholds 0.35-0.65), every arm with the recipe {recipe_name(SEGMENT_RECIPE)}.", ""]
     final = {}
     for entry in results["summary"]:
         final.setdefault(entry["protocol"], {})
@@ -351,11 +367,12 @@ def results_markdown(results: dict) -> str:
         if previous is None or entry["steps"] > previous["steps"]:
             final[entry["protocol"]][entry["arm"]] = entry
     for protocol, arms in final.items():
-        lines += [f"## {protocol}", "", "| arm | steps | seeds | " + " | ".join(REPORTED[:5]) + " |",
-                  "|---|---|---|" + "---|" * 5]
+        keys = SEGMENT_REPORTED if protocol == "segment" else REPORTED[:5]
+        lines += [f"## {protocol}", "", "| arm | steps | seeds | " + " | ".join(keys) + " |",
+                  "|---|---|---|" + "---|" * len(keys)]
         for arm, entry in arms.items():
             lines.append(f"| {arm} | {entry['steps']} | {len(entry['seeds'])} | "
-                         + " | ".join(_cell(entry, k) for k in REPORTED[:5]) + " |")
+                         + " | ".join(_cell(entry, k) for k in keys) + " |")
         lines.append("")
     curve = [e for e in results["summary"] if e["protocol"] == "full"]
     if curve:
@@ -519,10 +536,13 @@ def main(argv=None) -> None:
     for arm, protocol, seed in cells(args, budget):
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
-        stage(f"finetuning {arm}, {protocol}, seed {seed}", "finetune_detection.py",
+        segment = protocol == "segment"
+        stage(f"finetuning {arm}, {protocol}, seed {seed}",
+              "finetune_segmentation.py" if segment else "finetune_detection.py",
               os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
               [*data, "--train-split", train_split, "--val-split", val_split, "--seed", str(seed), *init_of(arm, seed),
-               *finetune_flags(recipes[arm]), *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json",
+               *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]), *curve,
+               *(["--freeze-encoder"] if frozen else [])], "metrics.json",
               needs=lambda arm=arm, seed=seed: ensure_pretrained(arm, seed))
 
     results = collect(out, args, budget, recipes)

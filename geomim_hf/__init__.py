@@ -25,6 +25,8 @@ __version__ = "0.1.0.dev0"
 # Each public name that is not a config, with the module that defines it (imported on first use).
 _LAZY_NAMES = {
     "GeoMIMForBEVDetection": "modeling_geomim",
+    "GeoMIMForBEVSegmentation": "modeling_geomim",
+    "GeoMIMBEVPreTrainedModel": "modeling_geomim",
     "GeoMIMForMaskedBEVModeling": "modeling_geomim",
     "GeoMIMModel": "modeling_geomim",
     "GeoMIMPreTrainedModel": "modeling_geomim",

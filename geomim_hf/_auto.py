@@ -29,9 +29,19 @@ def register_auto_configs() -> None:
 
 
 def register_models() -> None:
-    from transformers import AutoModel, AutoModelForMaskedImageModeling, AutoModelForObjectDetection
+    from transformers import (
+        AutoModel,
+        AutoModelForMaskedImageModeling,
+        AutoModelForObjectDetection,
+        AutoModelForSemanticSegmentation,
+    )
 
-    from .modeling_geomim import GeoMIMForBEVDetection, GeoMIMForMaskedBEVModeling, GeoMIMModel
+    from .modeling_geomim import (
+        GeoMIMForBEVDetection,
+        GeoMIMForBEVSegmentation,
+        GeoMIMForMaskedBEVModeling,
+        GeoMIMModel,
+    )
     from .modeling_lidar_teacher import GeoMIMLidarTeacher
     from .modeling_sparse_teacher import GeoMIMSparseTeacher
 
@@ -40,6 +50,8 @@ def register_models() -> None:
     AutoModelForMaskedImageModeling.register(GeoMIMModel.config_class, GeoMIMForMaskedBEVModeling, exist_ok=True)
     # 3D boxes from cameras: the nearest Auto task (its outputs are ours, not DETR's).
     AutoModelForObjectDetection.register(GeoMIMModel.config_class, GeoMIMForBEVDetection, exist_ok=True)
+    # BEV map masks: semantic segmentation of the ground seen from above, multi-label.
+    AutoModelForSemanticSegmentation.register(GeoMIMModel.config_class, GeoMIMForBEVSegmentation, exist_ok=True)
 
 
 def register_image_processor() -> None:

@@ -10,7 +10,7 @@ import os
 
 from transformers import PreTrainedConfig
 
-from .data.classes import NUSCENES_DETECTION_CLASSES
+from .data.classes import MAP_CLASSES, NUSCENES_DETECTION_CLASSES
 from .modeling.grids import BevGrid, DepthBins
 
 
@@ -89,6 +89,12 @@ class GeoMIMConfig(PreTrainedConfig):
         det_temporal (`bool`, defaults to `True`): BEVDet4D, the previous keyframe's BEV alongside.
         det_depth_loss_weight (`float`, defaults to 3.0): BEVDepth's weight of the depth BCE.
         det_score_threshold (`float`, defaults to 0.1), det_max_detections (`int`, defaults to 500).
+        seg_class_names (`tuple[str, ...]`): map classes of the BEV segmenter, BEVFusion's six by default.
+        seg_bev_x_range, seg_bev_y_range (`tuple[float, float]`, defaults to `(-50.0, 50.0)`),
+        seg_bev_resolution (`float`, defaults to 0.5): the segmenter's output grid (200 x 200, BEVFusion's).
+        seg_head_channels (`int`, defaults to 256): width of the segmentation head's convolutions.
+        seg_focal_alpha (`float`, defaults to 0.25), seg_focal_gamma (`float`, defaults to 2.0): its sigmoid
+            focal loss (BEVFusion's).
         kernel_backend (`str`, defaults to `"auto"`): BEV pooling kernels, `"auto"`, `"torch"` or `"triton"`.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialiser.
     """
@@ -156,6 +162,13 @@ class GeoMIMConfig(PreTrainedConfig):
         det_depth_loss_weight: float = 3.0,
         det_score_threshold: float = 0.1,
         det_max_detections: int = 500,
+        seg_class_names: tuple[str, ...] = MAP_CLASSES,
+        seg_bev_x_range: tuple[float, float] = (-50.0, 50.0),
+        seg_bev_y_range: tuple[float, float] = (-50.0, 50.0),
+        seg_bev_resolution: float = 0.5,
+        seg_head_channels: int = 256,
+        seg_focal_alpha: float = 0.25,
+        seg_focal_gamma: float = 2.0,
         kernel_backend: str = "auto",
         initializer_range: float = 0.02,
         **kwargs,
@@ -219,6 +232,13 @@ class GeoMIMConfig(PreTrainedConfig):
         self.det_depth_loss_weight = det_depth_loss_weight
         self.det_score_threshold = det_score_threshold
         self.det_max_detections = det_max_detections
+        self.seg_class_names = tuple(seg_class_names)
+        self.seg_bev_x_range = tuple(float(v) for v in seg_bev_x_range)
+        self.seg_bev_y_range = tuple(float(v) for v in seg_bev_y_range)
+        self.seg_bev_resolution = float(seg_bev_resolution)
+        self.seg_head_channels = seg_head_channels
+        self.seg_focal_alpha = seg_focal_alpha
+        self.seg_focal_gamma = seg_focal_gamma
         self.kernel_backend = kernel_backend
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -263,6 +283,11 @@ class GeoMIMConfig(PreTrainedConfig):
     def detection_grid(self) -> BevGrid:
         """The detector's Lift-Splat grid, which is also its head's output grid (``det_bev_*``)."""
         return BevGrid(self.det_bev_x_range, self.det_bev_y_range, self.det_bev_resolution, self.det_bev_z_range)
+
+    @property
+    def segmentation_grid(self) -> BevGrid:
+        """The BEV segmenter's output grid (``seg_bev_*``), on which its map masks are drawn."""
+        return BevGrid(self.seg_bev_x_range, self.seg_bev_y_range, self.seg_bev_resolution)
 
     def check_teacher(self, teacher: str, grid: BevGrid, channels: int) -> None:
         """Fail, naming the fields, unless a teacher's BEV map (its ego-frame ``grid``, ``channels``) is this
@@ -341,7 +366,7 @@ PRESETS: dict[str, dict] = {
         "bev_resolution": 1.6, "target_channels": 64, "target_patch_size": 8,
         "det_depth_bins": (1.0, 60.0, 2.0), "det_context_channels": 32, "det_depth_net_channels": 64,
         "det_neck_channels": 64, "det_bev_resolution": 1.6, "det_bev_encoder_channels": (32, 64, 128),
-        "det_bev_neck_channels": 64, "det_head_channels": 32,
+        "det_bev_neck_channels": 64, "det_head_channels": 32, "seg_head_channels": 32,
     },
 }
 # The CPU study's preset: geomim-tiny at 128 x 352, the smallest setting at which a camera detector learned on

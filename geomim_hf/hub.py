@@ -18,6 +18,8 @@ PAPER = "https://arxiv.org/abs/2303.11325"
 ARCHITECTURES = {
     "GeoMIMForBEVDetection": ("object-detection", "multi-camera 3D object detector (BEVDet4D/BEVDepth-style, "
                               "CenterPoint head) with a GeoMIM Swin encoder"),
+    "GeoMIMForBEVSegmentation": ("image-segmentation", "multi-camera BEV map segmenter (BEVFusion's six map "
+                                 "classes, the detector's camera-to-BEV trunk) with a GeoMIM Swin encoder"),
     "GeoMIMForMaskedBEVModeling": ("image-feature-extraction", "GeoMIM-pretrained multi-view Swin encoder with its "
                                    "masked BEV modeling decoder; load the encoder alone with GeoMIMModel"),
     "GeoMIMModel": ("image-feature-extraction", "GeoMIM multi-view Swin encoder"),
@@ -40,6 +42,17 @@ def detection_eval_results(metrics: dict, dataset_name: str, version: str, split
             for key, kind in SUMMARY_METRICS.items()]
 
 
+def segmentation_eval_results(metrics: dict, dataset_name: str, version: str, split: str) -> list[EvalResult]:
+    """BEVFusion's map-segmentation metrics (``evaluate_segmenter``): mIoU and each class's IoU."""
+    keys = ["mIoU", *sorted(key for key in metrics if key.startswith("IoU/"))]
+    if "mIoU" not in metrics:
+        raise KeyError(f"metrics lack 'mIoU': expected the dict evaluate_segmenter returns, got {sorted(metrics)}")
+    return [EvalResult(task_type="image-segmentation", task_name="BEV map segmentation", dataset_type="nuscenes",
+                       dataset_name=dataset_name, dataset_config=version, dataset_split=split,
+                       metric_type="miou" if key == "mIoU" else "iou", metric_name=key,
+                       metric_value=round(float(metrics[key]), 4)) for key in keys]
+
+
 def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: dict | None = None,
                       eval_dataset: str = "nuScenes", eval_version: str | None = None, eval_split: str | None = None,
                       training: dict | None = None, base_model: str | None = None, license: str = "apache-2.0",
@@ -49,7 +62,8 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
     Args:
         model_dir: a ``save_pretrained`` folder (its ``config.json`` names the architecture).
         repo_id: the Hub id the usage snippet loads (default ``your-org/<folder name>``).
-        metrics: the devkit's metrics (``evaluate_nuscenes``); they become the ``model-index``.
+        metrics: the devkit's metrics (``evaluate_nuscenes``), or a segmenter's (``evaluate_segmenter``); they
+            become the ``model-index``.
         eval_dataset, eval_version, eval_split: what ``metrics`` were measured on.
         training: how the model was trained (steps, batch size, data, ...), shown as a table and kept in
             ``training_summary.json``, which a later call without ``training`` (e.g. after
@@ -66,6 +80,7 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
         raise ValueError(f"{config_path}: architectures {config.get('architectures')} is not one of "
                          f"{sorted(ARCHITECTURES)}")
     pipeline_tag, summary = ARCHITECTURES[architecture]
+    segmenter = architecture == "GeoMIMForBEVSegmentation"
     repo_id = repo_id or f"your-org/{os.path.basename(os.path.abspath(model_dir))}"
     training_path = os.path.join(model_dir, "training_summary.json")
     if training is not None:
@@ -79,24 +94,35 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
     if metrics:
         if not (eval_version and eval_split):
             raise ValueError("metrics need eval_version and eval_split: the model-index names what was measured")
-        eval_results = detection_eval_results(metrics, eval_dataset, eval_version, eval_split)
+        eval_results = (segmentation_eval_results if segmenter else detection_eval_results)(
+            metrics, eval_dataset, eval_version, eval_split)
     data = ModelCardData(library_name="geomim-hf", license=license, pipeline_tag=pipeline_tag,
-                         tags=["geomim", "bev", "3d-object-detection", "multi-camera", "nuscenes"],
-                         datasets=list(datasets), base_model=base_model, metrics=["nds", "map"] if metrics else None,
+                         tags=["geomim", "bev", "bev-map-segmentation" if segmenter else "3d-object-detection",
+                               "multi-camera", "nuscenes"],
+                         datasets=list(datasets), base_model=base_model,
+                         metrics=(["miou"] if segmenter else ["nds", "map"]) if metrics else None,
                          model_name=repo_id.split("/")[-1], eval_results=eval_results)
     body = [f"# {repo_id.split('/')[-1]}", "",
             f"A {summary}, from geomim-hf — GeoMIM ([Liu et al., ICCV 2023]({PAPER})): "
             "masked image modeling whose target is a LiDAR detector's BEV features.", "",
             "## Usage", "", "```python", *_usage(architecture, repo_id), "```", ""]
-    if metrics:
+    if metrics and segmenter:
+        body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, map masks from the devkit's map API, "
+                 "BEVFusion's protocol: per class the best IoU over thresholds 0.35-0.65)", "",
+                 "| metric | value |", "|---|---|"]
+        body += [f"| {key} | {float(value):.4f} |" for key, value in metrics.items()
+                 if key == "mIoU" or key.startswith("IoU/")]
+        body.append("")
+    elif metrics:
         body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, official devkit, "
                  "detection_cvpr_2019)", "", "| metric | value |", "|---|---|"]
         body += [f"| {key} | {float(value):.4f} |" for key, value in metrics.items()
                  if key in SUMMARY_METRICS or key.startswith("AP/")]
         body.append("")
     body += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{architecture}` |"]
+    classes = "seg_class_names" if segmenter else "class_names"
     body += [f"| {key} | `{config[key]}` |" for key in ("image_size", "embed_dim", "depths", "num_heads",
-                                                           "pillar_size", "class_names")
+                                                           "pillar_size", classes)
              if key in config]
     body.append("")
     if training:
@@ -129,6 +155,13 @@ def _usage(architecture: str, repo_id: str) -> list[str]:
                 f'model = GeoMIMForBEVDetection.from_pretrained("{repo_id}").eval()',
                 f'processor = GeoMIMImageProcessor.from_pretrained("{repo_id}")',
                 "# boxes = model.post_process(model(**inputs), score_threshold=0.05)",
+                "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val"]
+    if architecture == "GeoMIMForBEVSegmentation":
+        return ["import geomim_hf  # registers the geomim model type with the Auto classes",
+                "from geomim_hf import GeoMIMForBEVSegmentation, GeoMIMImageProcessor", "",
+                f'model = GeoMIMForBEVSegmentation.from_pretrained("{repo_id}").eval()',
+                f'processor = GeoMIMImageProcessor.from_pretrained("{repo_id}")',
+                "# probabilities = model.post_process(model(**inputs))  # (B, 6, 200, 200), ego frame",
                 "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val"]
     return ["import geomim_hf  # registers the geomim model type with the Auto classes",
             "from transformers import AutoModel", "",

@@ -23,6 +23,7 @@ from .modeling.centerpoint import CenterHead, build_targets, center_loss, decode
 from .modeling.grids import DepthBins
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
+from .modeling.segmentation import MapSegmentationHead, map_focal_loss
 from .modeling.swin import SwinEncoder, WindowAttention
 from .modeling.view_transformer import BevDownsample, CameraAwareDepthNet, DepthNet, LiftSplat, camera_vector
 from .configuration_lidar_teacher import NMS_RADIUS
@@ -122,6 +123,23 @@ class BEVDetectionOutput(ModelOutput):
     heatmap: torch.Tensor | None = None
     regression: torch.Tensor | None = None
     attributes: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    bev_features: torch.Tensor | None = None
+
+
+@dataclass
+class BEVSegmentationOutput(ModelOutput):
+    """
+    loss: segmentation_loss + det_depth_loss_weight * depth_loss, given targets.
+    segmentation_loss: the sigmoid focal loss of the map masks; depth_loss: the depth BCE.
+    logits: (B, K, Y, X) one sigmoid logit per map class on ``segmentation_grid``.
+    depth: (B, N, D, h, w) depth logits of the current frame; bev_features: (B, C, Y', X') on ``detection_grid``.
+    """
+
+    loss: torch.Tensor | None = None
+    segmentation_loss: torch.Tensor | None = None
+    depth_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
     depth: torch.Tensor | None = None
     bev_features: torch.Tensor | None = None
 
@@ -447,21 +465,16 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
                             for g in range(groups)]).mean()
 
 
-class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
-    """A BEVDet4D/BEVDepth-style 3D detector on the GeoMIM encoder: image FPN, camera-aware depth net
-    with LiDAR depth supervision, Lift-Splat-Shoot, the previous keyframe's BEV alongside the
-    current one (``det_temporal``), a ResNet BEV encoder and a CenterPoint head with attributes.
+class GeoMIMBEVPreTrainedModel(GeoMIMPreTrainedModel):
+    """The camera-to-BEV trunk the BEV task models share (BEVDet4D/BEVDepth): the GeoMIM encoder, an image
+    FPN, the camera-aware depth net with LiDAR depth supervision, Lift-Splat-Shoot onto ``detection_grid``,
+    the previous keyframe's BEV alongside the current one (``det_temporal``) and a ResNet BEV encoder.
+    A task model adds its head on :meth:`bev_features`.
 
     The previous keyframe is lifted through its own cameras placed in the current ego frame
     (``ego_from_prev_ego``), so its BEV lands aligned with the current one: the warp BEVDet4D does by
     resampling, done exactly at the frustum points. As BEVDet4D, it runs without gradients.
     """
-
-    # The batch fields forward takes (collate_geomim keeps these).
-    model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
-                         "augmented_ego_from_ego", "prev_pixel_values", "prev_intrinsics",
-                         "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego", "boxes",
-                         "velocities", "labels", "attributes", "box_mask", "depth_labels")
 
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
@@ -481,15 +494,12 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         frames = 2 if config.det_temporal else 1
         self.bev_encoder = BevEncoder(config.det_context_channels * frames, config.det_bev_encoder_channels,
                                       config.det_bev_neck_channels)
-        self.head = CenterHead(config.det_bev_neck_channels, len(config.class_names), config.det_head_channels,
-                               num_attributes=len(ATTRIBUTE_NAMES))
-        self.grid = config.detection_grid  # the head predicts on the pooling grid
+        self.grid = config.detection_grid  # the BEV encoder's output grid
         self.feature_stride = strides[0]
-        self.post_init()
 
     def freeze_encoder(self) -> None:
         """Frozen-encoder probing: the encoder gets no gradients and stays in eval mode (no drop path),
-        also after ``train()``; the rest of the detector trains."""
+        also after ``train()``; the rest of the model trains."""
         self.geomim.requires_grad_(False)
         self.encoder_frozen = True
         self.geomim.eval()
@@ -508,34 +518,11 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         return self.lift_splat.splat_views(*self.depth_net(image, cameras), intrinsics, ego_from_camera,
                                            processed_from_original, augmented_ego_from_ego)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        intrinsics: torch.Tensor,
-        ego_from_camera: torch.Tensor,
-        processed_from_original: torch.Tensor,
-        augmented_ego_from_ego: torch.Tensor | None = None,
-        prev_pixel_values: torch.Tensor | None = None,
-        prev_intrinsics: torch.Tensor | None = None,
-        prev_ego_from_camera: torch.Tensor | None = None,
-        prev_processed_from_original: torch.Tensor | None = None,
-        ego_from_prev_ego: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        velocities: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        attributes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        depth_labels: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ):
-        r"""
-        pixel_values (B, N, 3, H, W), intrinsics and processed_from_original (B, N, 3, 3), ego_from_camera
-        (B, N, 4, 4), augmented_ego_from_ego (B, 4, 4): the current keyframe, from the processor.
-        prev_*: the previous keyframe's images and cameras (its own ego frame), and
-        ego_from_prev_ego (B, 4, 4); without them the current frame stands in (a scene's first frame).
-        Targets (ego frame, augmented like the images): boxes (B, K, 7), velocities (B, K, 2), labels
-        and attributes (B, K), box_mask (B, K); depth_labels (B, N, h, w) LiDAR depth at stride 16.
-        """
+    def bev_features(self, pixel_values, intrinsics, ego_from_camera, processed_from_original,
+                     augmented_ego_from_ego=None, prev_pixel_values=None, prev_intrinsics=None,
+                     prev_ego_from_camera=None, prev_processed_from_original=None, ego_from_prev_ego=None):
+        """The BEV encoder's output (B, C, Y, X) on ``detection_grid`` and the current frame's depth logits
+        (B, N, D, h, w). The arguments are the task models' forward's (see there)."""
         if augmented_ego_from_ego is None:
             augmented_ego_from_ego = torch.eye(4, device=pixel_values.device).expand(pixel_values.shape[0], 4, 4)
         bev, depth = self.lift(pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
@@ -553,23 +540,14 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
                                             processed_from_original=prev_processed_from_original,
                                             augmented_ego_from_ego=augmented_ego_from_ego)
             bev = torch.cat([bev, previous], 1)
-        bev_features = self.bev_encoder(bev)
-        head = self.head(bev_features)
-        output = BEVDetectionOutput(heatmap=head["heatmap"], regression=head["regression"],
-                                    attributes=head["attributes"], depth=depth, bev_features=bev_features)
-        if boxes is not None:
-            box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
-            targets = build_targets(boxes.float(), velocities=velocities.float(), labels=labels, box_mask=box_mask,
-                                    grid=self.grid, num_classes=len(self.config.class_names), attributes=attributes)
-            terms = center_loss(head, targets)
-            output.heatmap_loss, output.regression_loss = terms["heatmap_loss"], terms["regression_loss"]
-            output.attribute_loss = terms.get("attribute_loss")
-            output.loss = terms["loss"]
-        if depth_labels is not None:
-            output.depth_loss = depth_bce(depth, depth_labels, self.config.detection_depth_bins)
-            weighted = self.config.det_depth_loss_weight * output.depth_loss
-            output.loss = weighted if output.loss is None else output.loss + weighted
-        return output if return_dict else output.to_tuple()
+        return self.bev_encoder(bev), depth
+
+    def add_depth_loss(self, output: ModelOutput, depth_labels: torch.Tensor) -> None:
+        """BEVDepth's depth BCE of ``output.depth`` on the detector's bins as ``output.depth_loss``, added to
+        ``output.loss`` with weight ``det_depth_loss_weight``."""
+        output.depth_loss = depth_bce(output.depth, depth_labels, self.config.detection_depth_bins)
+        weighted = self.config.det_depth_loss_weight * output.depth_loss
+        output.loss = weighted if output.loss is None else output.loss + weighted
 
     def parameter_groups(self, learning_rate: float, weight_decay: float, layer_decay: float) -> list[dict]:
         """AdamW groups with layer-wise learning-rate decay over the encoder (the official finetuning:
@@ -604,6 +582,72 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
             group["params"].append(parameter)
         return list(groups.values())
 
+
+class GeoMIMForBEVDetection(GeoMIMBEVPreTrainedModel):
+    """A BEVDet4D/BEVDepth-style 3D detector on the GeoMIM encoder: the shared camera-to-BEV trunk
+    (:class:`GeoMIMBEVPreTrainedModel`) and a CenterPoint head with attributes."""
+
+    # The batch fields forward takes (collate_geomim keeps these).
+    model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                         "augmented_ego_from_ego", "prev_pixel_values", "prev_intrinsics",
+                         "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego", "boxes",
+                         "velocities", "labels", "attributes", "box_mask", "depth_labels")
+
+    def __init__(self, config: GeoMIMConfig):
+        super().__init__(config)
+        self.head = CenterHead(config.det_bev_neck_channels, len(config.class_names), config.det_head_channels,
+                               num_attributes=len(ATTRIBUTE_NAMES))
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        intrinsics: torch.Tensor,
+        ego_from_camera: torch.Tensor,
+        processed_from_original: torch.Tensor,
+        augmented_ego_from_ego: torch.Tensor | None = None,
+        prev_pixel_values: torch.Tensor | None = None,
+        prev_intrinsics: torch.Tensor | None = None,
+        prev_ego_from_camera: torch.Tensor | None = None,
+        prev_processed_from_original: torch.Tensor | None = None,
+        ego_from_prev_ego: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        velocities: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attributes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        depth_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        r"""
+        pixel_values (B, N, 3, H, W), intrinsics and processed_from_original (B, N, 3, 3), ego_from_camera
+        (B, N, 4, 4), augmented_ego_from_ego (B, 4, 4): the current keyframe, from the processor.
+        prev_*: the previous keyframe's images and cameras (its own ego frame), and
+        ego_from_prev_ego (B, 4, 4); without them the current frame stands in (a scene's first frame).
+        Targets (ego frame, augmented like the images): boxes (B, K, 7), velocities (B, K, 2), labels
+        and attributes (B, K), box_mask (B, K); depth_labels (B, N, h, w) LiDAR depth at the feature stride.
+        """
+        bev_features, depth = self.bev_features(
+            pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
+            processed_from_original=processed_from_original, augmented_ego_from_ego=augmented_ego_from_ego,
+            prev_pixel_values=prev_pixel_values, prev_intrinsics=prev_intrinsics,
+            prev_ego_from_camera=prev_ego_from_camera, prev_processed_from_original=prev_processed_from_original,
+            ego_from_prev_ego=ego_from_prev_ego)
+        head = self.head(bev_features)
+        output = BEVDetectionOutput(heatmap=head["heatmap"], regression=head["regression"],
+                                    attributes=head["attributes"], depth=depth, bev_features=bev_features)
+        if boxes is not None:
+            box_mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device) if box_mask is None else box_mask
+            targets = build_targets(boxes.float(), velocities=velocities.float(), labels=labels, box_mask=box_mask,
+                                    grid=self.grid, num_classes=len(self.config.class_names), attributes=attributes)
+            terms = center_loss(head, targets)
+            output.heatmap_loss, output.regression_loss = terms["heatmap_loss"], terms["regression_loss"]
+            output.attribute_loss = terms.get("attribute_loss")
+            output.loss = terms["loss"]
+        if depth_labels is not None:
+            self.add_depth_loss(output, depth_labels)
+        return output if return_dict else output.to_tuple()
+
     def post_process(self, outputs: BEVDetectionOutput, score_threshold: float | None = None,
                      top_k: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Per sample, ego-frame ``boxes`` (P, 7) ``(x, y, z, l, w, h, yaw)``, ``scores``, ``labels``,
@@ -614,3 +658,62 @@ class GeoMIMForBEVDetection(GeoMIMPreTrainedModel):
         return decode(heads, grid=self.grid, top_k=top_k or self.config.det_max_detections,
                       score_threshold=self.config.det_score_threshold if score_threshold is None else score_threshold,
                       nms_radius=radius)
+
+
+class GeoMIMForBEVSegmentation(GeoMIMBEVPreTrainedModel):
+    """A BEV map segmenter on the GeoMIM encoder (BEVFusion's camera-only protocol): the shared
+    camera-to-BEV trunk (:class:`GeoMIMBEVPreTrainedModel`, the detector's), then BEVFusion's head, which
+    resamples the BEV onto ``segmentation_grid`` (200 x 200 at 0.5 m) and predicts one sigmoid logit per
+    map class (``seg_class_names``; multi-label), trained with the sigmoid focal loss."""
+
+    model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
+                         "augmented_ego_from_ego", "prev_pixel_values", "prev_intrinsics",
+                         "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego", "map_masks",
+                         "depth_labels")
+
+    def __init__(self, config: GeoMIMConfig):
+        super().__init__(config)
+        self.head = MapSegmentationHead(config.det_bev_neck_channels, config.seg_head_channels,
+                                        len(config.seg_class_names), source_grid=config.detection_grid,
+                                        target_grid=config.segmentation_grid)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        intrinsics: torch.Tensor,
+        ego_from_camera: torch.Tensor,
+        processed_from_original: torch.Tensor,
+        augmented_ego_from_ego: torch.Tensor | None = None,
+        prev_pixel_values: torch.Tensor | None = None,
+        prev_intrinsics: torch.Tensor | None = None,
+        prev_ego_from_camera: torch.Tensor | None = None,
+        prev_processed_from_original: torch.Tensor | None = None,
+        ego_from_prev_ego: torch.Tensor | None = None,
+        map_masks: torch.Tensor | None = None,
+        depth_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        r"""
+        The cameras and the previous keyframe as :meth:`GeoMIMForBEVDetection.forward`.
+        map_masks (B, K, Y, X) bool: the map classes on ``segmentation_grid`` in the augmented ego frame
+        (``load_nuscenes(..., map_masks=True)``); depth_labels (B, N, h, w) LiDAR depth at the feature stride.
+        """
+        bev_features, depth = self.bev_features(
+            pixel_values, intrinsics=intrinsics, ego_from_camera=ego_from_camera,
+            processed_from_original=processed_from_original, augmented_ego_from_ego=augmented_ego_from_ego,
+            prev_pixel_values=prev_pixel_values, prev_intrinsics=prev_intrinsics,
+            prev_ego_from_camera=prev_ego_from_camera, prev_processed_from_original=prev_processed_from_original,
+            ego_from_prev_ego=ego_from_prev_ego)
+        output = BEVSegmentationOutput(logits=self.head(bev_features), depth=depth, bev_features=bev_features)
+        if map_masks is not None:
+            output.segmentation_loss = map_focal_loss(output.logits, map_masks, alpha=self.config.seg_focal_alpha,
+                                                      gamma=self.config.seg_focal_gamma)
+            output.loss = output.segmentation_loss
+        if depth_labels is not None:
+            self.add_depth_loss(output, depth_labels)
+        return output if return_dict else output.to_tuple()
+
+    def post_process(self, outputs: BEVSegmentationOutput) -> torch.Tensor:
+        """Per-class probabilities (B, K, Y, X) in [0, 1] on ``segmentation_grid``."""
+        return outputs.logits.float().sigmoid()

@@ -11,7 +11,13 @@ import torch
 from huggingface_hub import ModelCard
 
 import geomim_hf  # noqa: F401  (registers the Auto classes)
-from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor
+from geomim_hf import (
+    GeoMIMConfig,
+    GeoMIMForBEVDetection,
+    GeoMIMForBEVSegmentation,
+    GeoMIMForMaskedBEVModeling,
+    GeoMIMImageProcessor,
+)
 from geomim_hf.hub import SUMMARY_METRICS, create_model_card
 from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
@@ -66,6 +72,25 @@ def test_pretraining_card_loads_the_encoder_with_automodel(tmp_path):
     namespace = {}
     exec(_python_blocks(card.text), namespace)  # noqa: S102
     assert type(namespace["encoder"]).__name__ == "GeoMIMModel"
+
+
+def test_segmenter_card_carries_the_iou_of_each_class_and_its_snippet_runs(tmp_path):
+    GeoMIMForBEVSegmentation(GeoMIMConfig.from_preset("geomim-tiny")).save_pretrained(tmp_path)
+    GeoMIMImageProcessor(image_size=(64, 176)).save_pretrained(tmp_path)
+    metrics = {"IoU/drivable_area": 0.875, "threshold/drivable_area": 0.4, "IoU/walkway": 0.5,
+               "threshold/walkway": 0.35, "mIoU": 0.6875}
+    card = create_model_card(str(tmp_path), repo_id=str(tmp_path), metrics=metrics, eval_version="v1.0-trainval",
+                             eval_split="val")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.metrics == ["miou"]
+    results = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert results == {"mIoU": ("miou", 0.6875), "IoU/drivable_area": ("iou", 0.875), "IoU/walkway": ("iou", 0.5)}
+    assert "| IoU/walkway | 0.5000 |" in card.text and "threshold/" not in card.text
+    namespace = {}
+    exec(_python_blocks(card.text), namespace)  # noqa: S102
+    assert isinstance(namespace["model"], GeoMIMForBEVSegmentation)
+    with pytest.raises(KeyError, match="mIoU"):
+        create_model_card(str(tmp_path), metrics={"NDS": 0.5}, eval_version="v1.0-trainval", eval_split="val")
 
 
 def test_teacher_card_and_training_summary_reused(tmp_path):

@@ -93,3 +93,6 @@ NUSCENES_VISIBILITY_LEVELS = (
     ("3", "v60-80", "visibility of whole object is between 60 and 80%"),
     ("4", "v80-100", "visibility of whole object is between 80 and 100%"),
 )
+
+# BEVFusion's BEV map-segmentation classes (drawn from the nuScenes map expansion: geomim_hf.data.maps).
+MAP_CLASSES = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "divider")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .classes import NUSCENES_DETECTION_CLASSES
 from .geometry import invert_rigid, make_transform, quaternion_to_matrix, transform_points, yaw_of
+from .maps import MAP_CLASSES, MAP_GRID, MapRasterizer
 from .records import (
     ATTRIBUTE_NAMES,
     SampleError,
@@ -50,7 +51,7 @@ class NuScenesConfig(datasets.BuilderConfig):
     def __init__(self, *, nuscenes_version: str = "v1.0-trainval", split: str = "train", sweeps: int = 0,
                  classes: Sequence[str] = NUSCENES_DETECTION_CLASSES,
                  cameras: Sequence[str] = NUSCENES_CAMERA_ORDER, on_error: str = "raise", fingerprint: str = "",
-                 **kwargs):
+                 map_masks: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.nuscenes_version = nuscenes_version
         self.split = split
@@ -59,6 +60,7 @@ class NuScenesConfig(datasets.BuilderConfig):
         self.cameras = tuple(cameras)
         self.on_error = on_error
         self.fingerprint = fingerprint
+        self.map_masks = map_masks
 
 
 class NuScenesBuilder(datasets.GeneratorBasedBuilder):
@@ -68,7 +70,8 @@ class NuScenesBuilder(datasets.GeneratorBasedBuilder):
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description=f"nuScenes {self.config.nuscenes_version} keyframes in the geomim-hf sample contract",
-            features=sample_features(len(self.config.cameras), self.config.classes),
+            features=sample_features(len(self.config.cameras), self.config.classes,
+                                     (len(MAP_CLASSES), *MAP_GRID.size) if self.config.map_masks else None),
         )
 
     def _split_generators(self, dl_manager):
@@ -91,6 +94,9 @@ class NuScenesBuilder(datasets.GeneratorBasedBuilder):
                              f"known channels: {sorted(known_channels)}")
         class_ids = {name: index for index, name in enumerate(config.classes)}
         reader = _SampleReader(nusc, config, class_ids, category_to_detection_name)
+        if config.map_masks:  # fail before the first sample if a location's map is missing
+            for location in sorted({log["location"] for log in nusc.log}):
+                reader.rasterizer.map(location)
         reads = ((sample["token"], lambda sample=sample: reader.read(sample)) for sample in samples)
         yield from records_or_skip(reads, config.on_error, f"samples of {config.split}")
 
@@ -102,6 +108,7 @@ class _SampleReader:
         self.nusc, self.config, self.class_ids, self.to_detection_name = nusc, config, class_ids, to_detection_name
         self.attribute_ids = {a["token"]: ATTRIBUTE_NAMES.index(a["name"]) for a in nusc.attribute
                               if a["name"] in ATTRIBUTE_NAMES}
+        self.rasterizer = MapRasterizer(nusc.dataroot) if config.map_masks else None
 
     def pose(self, record: dict, where: str) -> np.ndarray:
         """global_from_ego (4, 4) of a sample_data record, checked."""
@@ -178,6 +185,10 @@ class _SampleReader:
             visibility.append(int(annotation["visibility_token"] or 0))
             instances.append(annotation["instance_token"])
 
+        maps = {}
+        if self.rasterizer is not None:
+            location = nusc.get("log", nusc.get("scene", sample["scene_token"])["log_token"])["location"]
+            maps = {"location": location, "map_masks": self.rasterizer(location, global_from_ego)}
         return {
             "sample_token": token,
             "scene_token": sample["scene_token"],
@@ -200,6 +211,7 @@ class _SampleReader:
             "num_lidar_points": points,
             "visibility": visibility,
             "instance_tokens": instances,
+            **maps,
         }
 
 
@@ -227,6 +239,7 @@ def load_nuscenes(
     on_error: str = "raise",
     decode_lidar: bool = True,
     cache_dir: str | None = None,
+    map_masks: bool = False,
 ) -> datasets.Dataset:
     """The keyframes of one nuScenes split as a ``datasets.Dataset`` in the sample contract.
 
@@ -242,6 +255,10 @@ def load_nuscenes(
         decode_lidar: attach the transform that adds ``lidar_points`` and NumPy matrices.
         cache_dir: where the Arrow cache lives (the 🤗 Datasets default otherwise); a second call
             with the same arguments reads it instead of the tables.
+        map_masks: add ``location`` and ``map_masks``: BEVFusion's six map classes
+            (:data:`~geomim_hf.data.maps.MAP_CLASSES`), boolean (6, 200, 200) on x, y in [-50, 50) m at
+            0.5 m in the ego frame (rows along y), rasterised from ``maps/expansion/<location>.json``
+            by the devkit's map API.
     """
     if version not in SPLITS_BY_VERSION:
         raise ValueError(f"version must be one of {sorted(SPLITS_BY_VERSION)}, got {version!r}")
@@ -254,7 +271,7 @@ def load_nuscenes(
     dataroot = os.path.abspath(dataroot)
     builder = NuScenesBuilder(
         cache_dir=cache_dir, data_dir=dataroot, nuscenes_version=version, split=split, sweeps=sweeps,
-        classes=tuple(classes), cameras=tuple(cameras), on_error=on_error,
+        classes=tuple(classes), cameras=tuple(cameras), on_error=on_error, map_masks=map_masks,
         fingerprint=_tables_fingerprint(dataroot, version),
     )
     dataset = build_split(builder, split)

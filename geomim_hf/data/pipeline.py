@@ -15,7 +15,8 @@ from .targets import augment_boxes, augment_points
 
 FIXED_KEYS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original", "augmented_ego_from_ego",
               "depth_labels", "teacher_features", "ego_from_lidar", "global_from_ego", "prev_pixel_values",
-              "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego")
+              "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original", "ego_from_prev_ego",
+              "map_masks")
 
 
 class GeoMIMDataset(torch.utils.data.Dataset):
@@ -38,10 +39,16 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             and ``ego_from_prev_ego``; a scene's first keyframe is its own previous one.
         teacher_features: a :class:`~geomim_hf.teacher_cache.TeacherFeatureCache`: add each sample's cached
             LiDAR-teacher BEV features, moved by its BEV augmentation, as ``teacher_features`` (C_t, Y, X).
+        map_rasterizer: a :class:`~geomim_hf.data.maps.MapRasterizer` that draws ``map_masks`` (C, Y, X) in the
+            augmented ego frame when a BEV rotation or scale is drawn (drawn again, not resampled: the
+            corners a rotation brings in are real map). Rows with a ``map_masks`` column
+            (``load_nuscenes(..., map_masks=True)``) need none without augmentation or under mirrors only,
+            which flip their masks exactly.
     """
 
     def __init__(self, dataset, processor, training: bool = False, seed: int = 0, return_depth: bool = False,
-                 with_targets: bool = True, with_images: bool = True, temporal: bool = False, teacher_features=None):
+                 with_targets: bool = True, with_images: bool = True, temporal: bool = False, teacher_features=None,
+                 map_rasterizer=None):
         if (return_depth or teacher_features is not None) and not with_images:
             raise ValueError("return_depth and teacher_features go with the camera samples: with_images=True")
         self.teacher_features = teacher_features
@@ -51,6 +58,11 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
         if not with_images:  # never decode the images
             self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
+        self.map_rasterizer = map_rasterizer
+        self.with_map_masks = map_rasterizer is not None or "map_masks" in dataset.column_names
+        if map_rasterizer is not None and "location" not in dataset.column_names:
+            raise ValueError("map_rasterizer needs each row's map location: load the rows with "
+                             "load_nuscenes(..., map_masks=True)")
         self.temporal = temporal
         if temporal:
             self.row_of_token = {token: row for row, token in enumerate(dataset["sample_token"])}
@@ -87,6 +99,8 @@ class GeoMIMDataset(torch.utils.data.Dataset):
                 [row["sample_token"]], sample["augmented_ego_from_ego"][None])[0]
         if self.temporal:
             sample.update(self._previous(row, index))
+        if self.with_map_masks:
+            sample["map_masks"] = self._map_masks(row, sample["augmented_ego_from_ego"])
         sample["ego_from_lidar"] = torch.as_tensor(np.asarray(row["ego_from_lidar"]), dtype=torch.float32)
         sample["global_from_ego"] = torch.as_tensor(np.asarray(row["global_from_ego"]), dtype=torch.float64)
         sample["sample_token"] = row["sample_token"]
@@ -95,6 +109,21 @@ class GeoMIMDataset(torch.utils.data.Dataset):
             sample["attributes"] = torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long)
         return sample
 
+    def _map_masks(self, row: dict, augmented_ego_from_ego: torch.Tensor) -> torch.Tensor:
+        """(C, Y, X) bool map masks in the augmented ego frame: the row's own, flipped by any mirror, or under a
+        rotation or scale drawn again at the augmented frame's place in the map."""
+        augmented_from_ego = augmented_ego_from_ego.double().numpy()
+        linear = augmented_from_ego[:3, :3]
+        if "map_masks" in row and np.allclose(np.abs(linear), np.eye(3), atol=1e-6) and linear[2, 2] > 0:
+            # Mirrors only (or nothing): the row's masks flipped, exactly (the grid is centred on the ego).
+            masks = torch.as_tensor(np.asarray(row["map_masks"], dtype=bool))
+            dims = [dim for dim, sign in ((-1, linear[0, 0]), (-2, linear[1, 1])) if sign < 0]
+            return torch.flip(masks, dims) if dims else masks
+        if self.map_rasterizer is None:
+            raise ValueError(f"sample {row['sample_token']}: map masks under a BEV rotation or scale are drawn "
+                             "again from the map: pass GeoMIMDataset(..., map_rasterizer=MapRasterizer(dataroot))")
+        global_from_augmented = np.asarray(row["global_from_ego"]) @ np.linalg.inv(augmented_from_ego)
+        return torch.from_numpy(self.map_rasterizer(row["location"], global_from_augmented))
 
     def _previous(self, row: dict, index: int) -> dict:
         """The previous keyframe, augmented as the current one (same draws), and ego_from_prev_ego."""
@@ -201,7 +230,7 @@ def collate_geomim(samples: list[dict], input_names=None) -> dict:
 def make_dataloader(dataset, processor, batch_size: int, training: bool = False, num_workers: int = 0,
                     seed: int = 0, return_depth: bool = False, with_targets: bool = True, with_images: bool = True,
                     temporal: bool = False, indices=None, teacher_features=None, input_names=None,
-                    **kwargs) -> DataLoader:
+                    map_rasterizer=None, **kwargs) -> DataLoader:
     """A ``DataLoader`` over processed samples; shuffles when training (seeded). ``indices`` (e.g. a
     class-balanced resampling) lists the rows an epoch visits, repeats allowed. ``input_names`` (a
     model's ``model_input_names``): the batches hold exactly those fields (see :func:`collate_geomim`);
@@ -209,7 +238,7 @@ def make_dataloader(dataset, processor, batch_size: int, training: bool = False,
     the rows' tokens and poses."""
     processed = GeoMIMDataset(dataset, processor, training=training, seed=seed, return_depth=return_depth,
                               with_targets=with_targets, with_images=with_images, temporal=temporal,
-                              teacher_features=teacher_features)
+                              teacher_features=teacher_features, map_rasterizer=map_rasterizer)
     if indices is not None:
         processed = ResampledDataset(processed, indices)
     generator = torch.Generator().manual_seed(seed)

@@ -41,7 +41,7 @@ ARRAY_COLUMNS = {
     "intrinsics": np.float64, "ego_from_camera": np.float64, "ego_from_lidar": np.float64,
     "global_from_ego": np.float64, "lidar_from_sweeps": np.float64, "sweep_time_lags": np.float64,
     "boxes": np.float32, "velocities": np.float32, "labels": np.int64, "attributes": np.int64,
-    "num_lidar_points": np.int64, "visibility": np.int64,
+    "num_lidar_points": np.int64, "visibility": np.int64, "map_masks": np.bool_,
 }
 
 
@@ -49,8 +49,11 @@ class SampleError(ValueError):
     """A sample that cannot be loaded; the message names the sample and the file or field."""
 
 
-def sample_features(num_views: int, classes: Sequence[str]) -> datasets.Features:
-    """The Arrow schema of the sample contract for ``num_views`` cameras and a class list."""
+def sample_features(num_views: int, classes: Sequence[str], map_size: tuple[int, int, int] | None = None
+                    ) -> datasets.Features:
+    """The Arrow schema of the sample contract for ``num_views`` cameras and a class list; ``map_size``
+    (classes, Y, X) adds the map location and the BEV map masks."""
+    maps = {"location": datasets.Value("string"), "map_masks": datasets.Array3D(map_size, "bool")} if map_size else {}
     return datasets.Features({
         "sample_token": datasets.Value("string"),
         "scene_token": datasets.Value("string"),
@@ -73,6 +76,7 @@ def sample_features(num_views: int, classes: Sequence[str]) -> datasets.Features
         "num_lidar_points": datasets.List(datasets.Value("int32")),
         "visibility": datasets.List(datasets.Value("int8")),
         "instance_tokens": datasets.List(datasets.Value("string")),
+        **maps,
     })
 
 

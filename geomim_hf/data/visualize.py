@@ -152,3 +152,39 @@ def plot_detections(row: dict, prediction: dict, path: str, class_names, score_t
     figure.savefig(path, dpi=70)
     plt.close(figure)
     return path
+
+
+def plot_map_segmentation(row: dict, probabilities, path: str, class_names, bev_range: float = 50.0) -> str:
+    """A BEV segmenter's per-class probabilities (colour) against the ground-truth masks (green outline) for
+    one sample-contract row with ``map_masks`` (``load_nuscenes(..., map_masks=True)``), beside its cameras.
+    ``probabilities``: (C, Y, X) on the masks' grid (x and y in [-bev_range, bev_range], rows along y)."""
+    probabilities = np.asarray(probabilities, np.float32)
+    truth = np.asarray(row["map_masks"], bool)
+    if probabilities.shape != truth.shape or len(class_names) != len(truth):
+        raise ValueError(f"probabilities must be (C, Y, X) = {truth.shape} like the row's map_masks, one per "
+                         f"class of {list(class_names)}; got {probabilities.shape}")
+    views, classes = len(row["images"]), len(class_names)
+    camera_columns, map_columns = (views + 1) // 2, (classes + 1) // 2
+    figure = plt.figure(figsize=(4 * camera_columns + 3.6 * map_columns, 7.5))
+    grid = figure.add_gridspec(2, camera_columns + map_columns)
+    for view in range(views):
+        axes = figure.add_subplot(grid[view // camera_columns, view % camera_columns])
+        axes.imshow(row["images"][view])
+        axes.set_title(row["camera_names"][view], fontsize=9)
+        axes.axis("off")
+    extent = (-bev_range, bev_range, -bev_range, bev_range)
+    for index, name in enumerate(class_names):
+        axes = figure.add_subplot(grid[index // map_columns, camera_columns + index % map_columns])
+        axes.imshow(probabilities[index], origin="lower", extent=extent, cmap="magma", vmin=0.0, vmax=1.0)
+        if truth[index].any():
+            axes.contour(truth[index].astype(np.float32), levels=[0.5], origin="lower", extent=extent,
+                         colors="limegreen", linewidths=0.8)
+        axes.plot(0, 0, "w^", markersize=5)
+        axes.set_title(name, fontsize=9)
+        axes.tick_params(labelsize=6)
+    figure.suptitle(f"sample {row['sample_token'][:16]}: BEV (x forward, to the right) probability, "
+                    "ground truth outlined in green")
+    figure.tight_layout()
+    figure.savefig(path, dpi=70)
+    plt.close(figure)
+    return path

@@ -2,5 +2,14 @@
 
 from .detection import evaluate_detector, predict_detections
 from .nuscenes import evaluate_nuscenes, format_metrics, write_nuscenes_submission
+from .segmentation import (
+    MapSegmentationMetric,
+    evaluate_map_segmentation,
+    evaluate_segmenter,
+    format_segmentation_metrics,
+    predict_map_segmentation,
+)
 
-__all__ = ["evaluate_detector", "evaluate_nuscenes", "format_metrics", "predict_detections", "write_nuscenes_submission"]
+__all__ = ["MapSegmentationMetric", "evaluate_detector", "evaluate_map_segmentation", "evaluate_nuscenes",
+           "evaluate_segmenter", "format_metrics", "format_segmentation_metrics", "predict_detections",
+           "predict_map_segmentation", "write_nuscenes_submission"]

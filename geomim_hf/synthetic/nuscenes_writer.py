@@ -6,7 +6,6 @@ expects (``NuScenes(version, dataroot)`` loads the result).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +24,7 @@ from ..data.classes import (
 )
 from ..data.geometry import matrix_to_quaternion, rotation_z
 from .raycast import render_camera
+from .map_expansion import make_token, write_map_expansion
 from .sensors import NUSCENES_CAMERAS, SensorRig, cast_lidar_settled, nuscenes_rig
 from .world import Scene, location_grid, simulate_scene
 
@@ -56,11 +56,6 @@ def scene_names(version: str, num_scenes: int) -> list[str]:
             names.append(next(val_iter) if index % 5 == 0 else next(train_iter))
         return names
     raise ValueError(f"version must be v1.0-mini or v1.0-trainval, got {version!r}")
-
-
-def make_token(*parts) -> str:
-    """Deterministic 32-hex token, like nuScenes'."""
-    return hashlib.md5("/".join(str(p) for p in parts).encode()).hexdigest()
 
 
 @dataclass
@@ -320,8 +315,9 @@ def _scene_tables(tables, scene, name, location, rig, logfile, captured, start_u
 
 
 def _write_maps(dataroot, tables, scenes, plans, seed) -> list[str]:
-    """One semantic-prior mask (drivable surface = 255) per location, at 0.1 m per pixel with the
-    origin at the bottom-left corner, as the devkit's MapMask reads it."""
+    """Per location, a semantic-prior mask (drivable surface = 255) at 0.1 m per pixel with the origin
+    at the bottom-left corner, as the devkit's MapMask reads it, and the map expansion
+    (``maps/expansion/<location>.json``, :mod:`geomim_hf.synthetic.map_expansion`) over the same square."""
     os.makedirs(os.path.join(dataroot, "maps"), exist_ok=True)
     extents: dict[str, float] = {}
     logs: dict[str, list[str]] = {}
@@ -345,5 +341,5 @@ def _write_maps(dataroot, tables, scenes, plans, seed) -> list[str]:
         Image.fromarray(mask).save(os.path.join(dataroot, filename), optimize=False, compress_level=1)
         tables["map"].append({"token": token, "log_tokens": logs[location], "category": "semantic_prior",
                               "filename": filename})
-        files.append(filename)
+        files.extend([filename, write_map_expansion(dataroot, grid, location, size * MAP_RESOLUTION, seed)])
     return files

@@ -115,6 +115,33 @@ class RoadGrid:
         u, v = self.offsets(x, y)
         return (np.abs(u) < self.half_width) | (np.abs(v) < self.half_width)
 
+    def _crosswalk(self, across_abs: np.ndarray, crossing_abs: np.ndarray, this_road: np.ndarray) -> np.ndarray:
+        """The crosswalk of one road before each intersection: 0.5 to 3.5 m out of the crossing road,
+        over the driving lanes (not the parking strips). ``across_abs``: distance to this road's
+        centreline; ``crossing_abs``: to the crossing road's."""
+        half = self.half_width
+        return this_road & (crossing_abs > half + 0.5) & (crossing_abs < half + 3.5) & (
+            across_abs < self.lanes * self.lane_width)
+
+    def surfaces(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """What the ground is at global (x, y), each a boolean mask (the map expansion is written from
+        the same geometry): ``road`` (lanes, parking strips, intersections), ``intersection``,
+        ``parking`` (the strips between the outer lane and the curb, outside intersections),
+        ``crosswalk`` and ``sidewalk``."""
+        u, v = self.offsets(x, y)
+        half, lanes_edge = self.half_width, self.lanes * self.lane_width
+        abs_u, abs_v = np.abs(u), np.abs(v)
+        on_ns, on_ew = abs_u < half, abs_v < half
+        road = on_ns | on_ew
+        ns_only, ew_only = on_ns & ~on_ew, on_ew & ~on_ns
+        return {
+            "road": road,
+            "intersection": on_ns & on_ew,
+            "parking": (ns_only & (abs_u >= lanes_edge)) | (ew_only & (abs_v >= lanes_edge)),
+            "crosswalk": self._crosswalk(abs_u, abs_v, ns_only) | self._crosswalk(abs_v, abs_u, ew_only),
+            "sidewalk": ~road & (np.minimum(abs_u, abs_v) < half + self.sidewalk),
+        }
+
     def appearance(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ground colour (P, 3) and LiDAR reflectivity (P,) at global (x, y): asphalt with lane
         markings and crosswalks, tiled sidewalks, plazas. All grey but the yellow centre lines."""
@@ -143,8 +170,7 @@ class RoadGrid:
             for k in range(1, self.lanes):
                 white |= this_road & (np.abs(a - k * self.lane_width) < 0.08) & (_fraction(along, f32(9.0)) < 1 / 3)
             white |= this_road & (np.abs(a - lanes_edge) < 0.1)
-            near_crossing = this_road & (crossing > half + 0.5) & (crossing < half + 3.5) & (a < lanes_edge)
-            white |= near_crossing & (_fraction(across, f32(1.0)) < 0.5)
+            white |= self._crosswalk(a, crossing, this_road) & (_fraction(across, f32(1.0)) < 0.5)
         grey[white] = 0.86
         color = np.repeat(grey[:, None], 3, axis=1)
         color[~road & ~sidewalk] *= np.array([1.04, 1.0, 0.9], dtype=f32)  # warmer plazas

@@ -240,3 +240,27 @@ def test_missing_and_corrupt_files_and_tables(nuscenes_root, tmp_path):
     (world / "v1.0-mini" / "visibility.json").unlink()
     with pytest.raises(FileNotFoundError, match="visibility.json is missing"):
         load_nuscenes(str(world), "v1.0-mini", "mini_train", cache_dir=cache)
+
+
+def test_map_masks_are_the_devkits_at_the_keyframe_pose_and_only_when_asked(nuscenes_root, nusc, cache, val):
+    from geomim_hf.data.maps import MAP_CLASSES, MapRasterizer
+
+    assert "map_masks" not in val.column_names and "location" not in val.column_names
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", cache_dir=cache, map_masks=True)
+    rasterizer = MapRasterizer(str(nuscenes_root))
+    for row in rows:
+        sample = nusc.get("sample", row["sample_token"])
+        assert row["location"] == nusc.get("log", nusc.get("scene", sample["scene_token"])["log_token"])["location"]
+        masks = row["map_masks"]
+        assert masks.shape == (len(MAP_CLASSES), 200, 200) and masks.dtype == bool
+        np.testing.assert_array_equal(masks, rasterizer(row["location"], row["global_from_ego"]))
+        assert masks[MAP_CLASSES.index("drivable_area"), 99:101, 99:101].all()  # the ego stands on the road
+        assert masks.reshape(len(MAP_CLASSES), -1).any(1).sum() >= 4
+
+
+def test_map_masks_without_the_expansion_name_the_file_and_the_download(nuscenes_root, tmp_path):
+    world = tmp_path / "world"
+    shutil.copytree(nuscenes_root, world)
+    shutil.rmtree(world / "maps" / "expansion")
+    with pytest.raises(FileNotFoundError, match=r"maps/expansion/.*\.json, which is missing.*map expansion v1\.3"):
+        load_nuscenes(str(world), "v1.0-mini", "mini_val", cache_dir=str(tmp_path / "cache"), map_masks=True)

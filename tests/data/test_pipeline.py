@@ -6,6 +6,7 @@ import torch
 from geomim_hf import (
     GeoMIMConfig,
     GeoMIMForBEVDetection,
+    GeoMIMForBEVSegmentation,
     GeoMIMForMaskedBEVModeling,
     GeoMIMImageProcessor,
     GeoMIMLidarTeacher,
@@ -93,7 +94,7 @@ def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
 
 
 @pytest.mark.parametrize("model_class", [GeoMIMModel, GeoMIMForMaskedBEVModeling, GeoMIMForBEVDetection,
-                                         GeoMIMLidarTeacher, GeoMIMSparseTeacher])
+                                         GeoMIMForBEVSegmentation, GeoMIMLidarTeacher, GeoMIMSparseTeacher])
 def test_model_input_names_are_forward_arguments(model_class):
     arguments = inspect.signature(model_class.forward).parameters
     assert model_class.model_input_names[0] == model_class.main_input_name
@@ -146,3 +147,36 @@ def test_batches_hold_exactly_the_model_inputs(nuscenes_root, tmp_path):
     batch = next(iter(loader))
     assert set(batch) == {"lidar_points", "ego_from_lidar", "point_mask"} | TARGETS - {"attributes"}
     assert teacher(**batch).loss.isfinite()
+
+
+def test_map_masks_move_with_the_bev_augmentation(nuscenes_root, tmp_path):
+    """Mirrors only: the row's masks flipped exactly; rotation and scale: drawn again at the augmented pose,
+    the ego still on the road and the boxes' parked cars still where the masks say."""
+    import numpy as np
+
+    from geomim_hf.data.maps import MAP_CLASSES, MapRasterizer
+
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", cache_dir=str(tmp_path), map_masks=True)
+    mirrors = GeoMIMImageProcessor(image_size=(64, 176), bev_rotate_range=(0, 0), bev_scale_range=(1, 1))
+    rasterizer = MapRasterizer(str(nuscenes_root))
+    dataset = GeoMIMDataset(rows, mirrors, training=True, seed=1, map_rasterizer=rasterizer)
+    flips = set()
+    for index in range(len(rows)):
+        sample, masks = dataset[index], torch.as_tensor(np.asarray(rows[index]["map_masks"]))
+        linear = sample["augmented_ego_from_ego"][:3, :3]
+        dims = [dim for dim, sign in ((-1, linear[0, 0]), (-2, linear[1, 1])) if sign < 0]
+        flips.add(tuple(dims))
+        assert torch.equal(sample["map_masks"], torch.flip(masks, dims) if dims else masks)
+    assert len(flips) > 1
+    assert torch.equal(GeoMIMDataset(rows, mirrors)[0]["map_masks"], torch.as_tensor(np.asarray(rows[0]["map_masks"])))
+
+    turning = GeoMIMImageProcessor(image_size=(64, 176), bev_rotate_range=(20, 22.5), bev_scale_range=(1.05, 1.05))
+    sample = GeoMIMDataset(rows, turning, training=True, seed=1, map_rasterizer=rasterizer)[0]
+    augmented_from_ego = sample["augmented_ego_from_ego"].double().numpy()
+    expected = rasterizer(rows[0]["location"], np.asarray(rows[0]["global_from_ego"]) @ np.linalg.inv(augmented_from_ego))
+    assert torch.equal(sample["map_masks"], torch.from_numpy(expected))
+    assert sample["map_masks"][MAP_CLASSES.index("drivable_area"), 99:101, 99:101].all()
+    with pytest.raises(ValueError, match="map_rasterizer=MapRasterizer"):
+        GeoMIMDataset(rows, turning, training=True)[0]
+    batch = collate_geomim([sample, sample], input_names=("pixel_values", "map_masks"))
+    assert batch["map_masks"].shape == (2, len(MAP_CLASSES), 200, 200) and batch["map_masks"].dtype == torch.bool

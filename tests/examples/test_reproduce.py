@@ -61,7 +61,7 @@ def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims(
 def test_results_summarise_the_cells_found(tmp_path):
     reproduce = _reproduce()
     args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
-                                 "--protocols", "full", "probe", "--seeds", "0", "1"])
+                                 "--protocols", "full", "probe", "segment", "--seeds", "0", "1"])
     budget = reproduce.BUDGETS["smoke"]
     rng = np.random.default_rng(0)
     written = {}
@@ -70,7 +70,7 @@ def test_results_summarise_the_cells_found(tmp_path):
             continue  # a cell not finished yet
         folder = tmp_path / "finetune" / f"{arm}-{protocol}-seed{seed}"
         folder.mkdir(parents=True)
-        curve = {str(step): {key: float(rng.random()) for key in reproduce.REPORTED}
+        curve = {str(step): {key: float(rng.random()) for key in reproduce.reported(protocol)}
                  for step in ((2, 4) if protocol == "full" else (4,))}
         (folder / "learning_curve.json").write_text(json.dumps(curve))
         written[arm, protocol, seed] = curve
@@ -82,9 +82,13 @@ def test_results_summarise_the_cells_found(tmp_path):
     assert entry["seeds"] == [0, 1] and entry["NDS"]["mean"] == pytest.approx(np.mean(nds))
     assert entry["NDS"]["ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * stats.sem(nds))
     assert summary["geomim", "probe", 4]["seeds"] == [0] and math.isnan(summary["geomim", "probe", 4]["NDS"]["ci95"])
+    miou = [written["geomim", "segment", s]["4"]["mIoU"] for s in (0, 1)]
+    assert summary["geomim", "segment", 4]["mIoU"]["mean"] == pytest.approx(np.mean(miou))
+    assert "NDS" not in summary["geomim", "segment", 4] and "mIoU" not in entry
     reproduce.write_results(str(tmp_path), results)
     table = (tmp_path / "results.md").read_text()
     assert "| geomim | 4 | 1 |" in table and f"{np.mean(nds):.3f} ± " in table
+    assert "## segment\n\n| arm | steps | seeds | mIoU | IoU/drivable_area |" in table and f"{np.mean(miou):.3f} ± " in table
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
@@ -93,7 +97,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     record = tmp_path / "record"
     tmp_path = tmp_path / "out"
     command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
-               "--arms", "random", "geomim", "--protocols", "full", "probe", "--seeds", "0", "--record", str(record)]
+               "--arms", "random", "geomim", "--protocols", "full", "probe", "segment", "--seeds", "0", "--record",
+               str(record)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -103,9 +108,12 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert set(results["search"]["light lr 0.001"]["held_out_NDS"]) == {"random", "geomim"}
     found = {(c["arm"], c["protocol"], c["steps"]) for c in results["cells"]}
     assert found == {("random", "full", 2), ("random", "full", 4), ("geomim", "full", 2), ("geomim", "full", 4),
-                     ("random", "probe", 4), ("geomim", "probe", 4)}
+                     ("random", "probe", 4), ("geomim", "probe", 4), ("random", "segment", 4), ("geomim", "segment", 4)}
     for cell in results["cells"]:
-        assert 0.0 <= cell["NDS"] <= 1.0 and cell["mATE"] >= 0.0
+        if cell["protocol"] == "segment":  # BEVFusion's IoU (NaN for a class absent from val and never predicted)
+            assert all(math.isnan(cell[k]) or 0.0 <= cell[k] <= 1.0 for k in reproduce.SEGMENT_REPORTED)
+        else:
+            assert 0.0 <= cell["NDS"] <= 1.0 and cell["mATE"] >= 0.0
     # The probe's encoder stayed as pretrained; the full finetuning's moved.
     from safetensors.torch import load_file
 
