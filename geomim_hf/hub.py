@@ -106,19 +106,16 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
             f"A {summary}, from geomim-hf — GeoMIM ([Liu et al., ICCV 2023]({PAPER})): "
             "masked image modeling whose target is a LiDAR detector's BEV features.", "",
             "## Usage", "", "```python", *_usage(architecture, repo_id), "```", ""]
-    if metrics and segmenter:
-        body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, map masks from the devkit's map API, "
-                 "BEVFusion's protocol: per class the best IoU over thresholds 0.35-0.65)", "",
-                 "| metric | value |", "|---|---|"]
-        body += [f"| {key} | {float(value):.4f} |" for key, value in metrics.items()
-                 if key == "mIoU" or key.startswith("IoU/")]
-        body.append("")
-    elif metrics:
-        body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, official devkit, "
-                 "detection_cvpr_2019)", "", "| metric | value |", "|---|---|"]
-        body += [f"| {key} | {float(value):.4f} |" for key, value in metrics.items()
-                 if key in SUMMARY_METRICS or key.startswith("AP/")]
-        body.append("")
+    if metrics:
+        if segmenter:
+            protocol = ("map masks from the devkit's map API, BEVFusion's protocol: per class the best IoU over "
+                        "thresholds 0.35-0.65")
+            shown = [key for key in metrics if key == "mIoU" or key.startswith("IoU/")]
+        else:
+            protocol = "official devkit, detection_cvpr_2019"
+            shown = [key for key in metrics if key in SUMMARY_METRICS or key.startswith("AP/")]
+        body += [f"## Evaluation ({eval_dataset} {eval_version} {eval_split}, {protocol})", "",
+                 "| metric | value |", "|---|---|", *(f"| {key} | {float(metrics[key]):.4f} |" for key in shown), ""]
     body += ["## Model", "", "| | |", "|---|---|", f"| architecture | `{architecture}` |"]
     classes = "seg_class_names" if segmenter else "class_names"
     body += [f"| {key} | `{config[key]}` |" for key in ("image_size", "embed_dim", "depths", "num_heads",
