@@ -88,6 +88,10 @@ def parse_args(argv=None, description: str = __doc__):
     parser.add_argument("--init", default="scratch", help="a GeoMIM checkpoint folder, or 'scratch'")
     parser.add_argument("--model-config", default="geomim-tiny",
                         help="for --init scratch: a preset name or a folder with config.json")
+    parser.add_argument("--head-config", default=None,
+                        help="with --init DIR: take the finetuned model's own fields (the config's det_* and seg_*: "
+                        "neck, depth net, BEV grid, heads, losses) from this preset or folder instead of DIR's "
+                        "config (which may predate some of them)")
     parser.add_argument("--layer-decay", type=float, default=0.8)
     parser.add_argument("--drop-path-rate", type=float, default=0.2)
     parser.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA")
@@ -107,13 +111,21 @@ def parse_args(argv=None, description: str = __doc__):
 
 
 def build_model(args, task: Task = DETECTION):
-    overrides = {"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal}
+    overrides = GeoMIMConfig.from_preset_or_folder(args.head_config).finetuning_fields() if args.head_config else {}
+    overrides.update({"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal})
     if args.out_indices:
         overrides["out_indices"] = tuple(args.out_indices)
     if args.init == "scratch":
         config = GeoMIMConfig.from_preset_or_folder(args.model_config)
         config.update(overrides)
         return task.model_class(config)
+    if not args.head_config:  # a checkpoint older than a field gets the class default, not its preset's value
+        with open(os.path.join(args.init, "config.json")) as handle:
+            saved = json.load(handle)
+        missing = [name for name in GeoMIMConfig().finetuning_fields() if name not in saved]
+        if missing:
+            logger.warning(f"{args.init}/config.json has no {', '.join(missing)}: GeoMIMConfig's defaults apply; "
+                           "--head-config PRESET takes them from a preset")
     # The pretrained encoder loads; the neck, depth net, BEV encoder and head are new (logged).
     return task.model_class.from_pretrained(args.init, **overrides)
 

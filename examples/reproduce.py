@@ -489,8 +489,9 @@ def main(argv=None) -> None:
 
     def init_of(arm: str, seed: int) -> list[str]:
         stages = ["--out-indices", *map(str, budget.out_indices)] if budget.out_indices else []
+        # Every arm's detector and segmenter are the preset's: a pretraining checkpoint gives the encoder only.
         return [*(["--init", "scratch", "--model-config", budget.preset] if ARMS[arm] is None else
-                  ["--init", pretrained(arm, seed)]), *stages]
+                  ["--init", pretrained(arm, seed), "--head-config", budget.preset]), *stages]
 
     def finetune_flags(chosen: dict) -> list[str]:
         return [*RECIPES[chosen["recipe"]], "--learning-rate", str(chosen["learning_rate"]), "--warmup-steps", "50",

@@ -336,6 +336,12 @@ class GeoMIMConfig(PreTrainedConfig):
             raise ValueError(f"target grid {(target_y, target_x)} must be divisible by target_patch_size "
                              f"{self.target_patch_size}")
 
+    def finetuning_fields(self) -> dict:
+        """The fields of the finetuned models' own parts (``det_*``: the detector's neck, depth net, BEV grid,
+        head and loss; ``seg_*``: the segmenter's head), which a pretraining checkpoint does not use: what a
+        finetuning may take from a preset instead (``finetune_detection.py --head-config``)."""
+        return {name: getattr(self, name) for name in self.to_dict() if name.startswith(("det_", "seg_"))}
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GeoMIMConfig":
         """A named setting: ``geomim-swin-b`` (official), ``geomim-swin-l``, ``geomim-swin-t``,
