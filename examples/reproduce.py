@@ -127,9 +127,10 @@ BUDGETS = {
     "smoke": Budget(scenes=6, samples_per_scene=2, teacher_steps=10, pretrain_steps=4, finetune_steps=4, curve=(2,),
                     search=(("light", 1e-3),), checkpointing_steps=0, workers=0),
     # 128 x 352 with stride-8 features over 1500 steps: the first setting whose random-init detector learned on
-    # held-out scenes (docs/study_cpu). About 15 min per finetuning cell on 2 cores; the main comparison on 3
-    # seeds and the secondary cells on one keep the grid near 8 h. Run it in pieces (--max-stages).
-    "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=1000, finetune_steps=1500,
+    # held-out scenes (docs/study_cpu). About 15 min per finetuning cell on 2 cores. 3000 pretraining steps
+    # (about 40 min): at 1000 the GeoMIM encoder had only begun to beat an image-blind prediction of its target
+    # on held-out scenes (docs/study_cpu, "Pretraining length"). Run it in pieces (--max-stages).
+    "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=3000, finetune_steps=1500,
                   curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1),
     "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
