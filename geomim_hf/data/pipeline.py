@@ -8,6 +8,7 @@ import functools
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
 from .geometry import invert_rigid
@@ -242,6 +243,16 @@ def make_dataloader(dataset, processor, batch_size: int, training: bool = False,
     if indices is not None:
         processed = ResampledDataset(processed, indices)
     generator = torch.Generator().manual_seed(seed)
+    worker_init_fn = functools.partial(_init_worker, then=kwargs.pop("worker_init_fn", None))
     return DataLoader(processed, batch_size=batch_size, shuffle=training, num_workers=num_workers,
                       collate_fn=functools.partial(collate_geomim, input_names=input_names), generator=generator,
-                      persistent_workers=num_workers > 0, **kwargs)
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn, **kwargs)
+
+
+def _init_worker(worker_id: int, then=None) -> None:
+    """One BLAS thread per loader worker. Its numpy products are small (4 x 4 poses, points x 4), so BLAS threads
+    only fight the other workers and the model for the cores: a sample took 1.7x as long on two busy cores
+    (benchmarks/train_step.py). The results are bit for bit the same."""
+    threadpool_limits(limits=1, user_api="blas")
+    if then is not None:
+        then(worker_id)

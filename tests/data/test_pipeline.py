@@ -1,3 +1,4 @@
+import functools
 import inspect
 
 import pytest
@@ -67,6 +68,27 @@ def test_batches_do_not_depend_on_the_number_of_workers(nuscenes_root, tmp_path)
     assert torch.equal(dataset[0]["augmented_ego_from_ego"], first)
     dataset.set_epoch(1)
     assert not torch.equal(dataset[0]["augmented_ego_from_ego"], first)
+
+
+def _record_blas_threads(worker_id, folder):
+    from threadpoolctl import threadpool_info
+
+    threads = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    (folder / f"worker{worker_id}").write_text(" ".join(map(str, sorted(threads))))
+
+
+def test_workers_run_one_blas_thread_and_the_callers_init(nuscenes_root, tmp_path):
+    """Each worker's numpy BLAS runs one thread (they only fought for the cores), and a worker_init_fn passed by
+    the caller still runs, after it. The batches equal 0 workers' (the test above)."""
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", sweeps=0, cache_dir=str(tmp_path))
+    processor = GeoMIMImageProcessor(image_size=(64, 176), depth_stride=8)
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    loader = make_dataloader(rows, processor, batch_size=2, num_workers=2,
+                             worker_init_fn=functools.partial(_record_blas_threads, folder=folder))
+    next(iter(loader))
+    assert sorted(path.name for path in folder.iterdir()) == ["worker0", "worker1"]
+    assert {path.read_text() for path in folder.iterdir()} == {"1"}
 
 
 def test_persistent_workers_see_every_epoch(nuscenes_root, tmp_path):
