@@ -5,6 +5,7 @@ import torch
 from geomim_hf.data.geometry import make_transform
 from geomim_hf.synthetic.sensors import camera_rotation
 from geomim_hf.modeling.grids import BevGrid, DepthBins
+from geomim_hf.modeling.ops.bev_pool import TENSOR_FIELDS
 from geomim_hf.modeling.view_transformer import LiftSplat, camera_vector
 
 
@@ -76,7 +77,7 @@ def test_points_outside_the_grid_are_dropped_and_indices_are_cached_at_inference
     lift_splat._cache.clear()
     fresh = lift_splat.indices(intrinsics, ego_from_camera, post)
     assert fresh is not cached and not lift_splat._cache
-    for name in ("ranks_depth", "ranks_context", "ranks_cell", "interval_starts", "interval_lengths"):
+    for name in TENSOR_FIELDS:
         assert torch.equal(getattr(fresh, name), getattr(cached, name)), name
 
 

@@ -94,6 +94,34 @@ def test_triton_matches_torch_at_model_scale_on_cuda(dtype):
         torch.testing.assert_close(ours, reference, **tolerance)
 
 
+def test_sparse_layout_is_a_valid_csr_of_the_points():
+    """The PyTorch path's matrices satisfy torch's CSR invariants (sorted, distinct columns per row: two depth
+    bins of one pixel in one cell merge into one entry), and each entry's weight is the depth summed over its
+    points, recomputed by brute force."""
+    depth, context, cells, grid = _problem(dtype=torch.float64, shape=(2, 2, 6, 3, 4), grid=(3, 3))
+    cells = cells.clamp(max=4)  # crowded cells: many repeated (cell, row) pairs
+    indices = pool_indices(cells, grid[0] * grid[1])
+    rows, num_entries = 2 * 2 * 3 * 4, len(indices.entry_context)
+    assert num_entries < len(indices.ranks_depth)  # some entries merge points
+    torch.sparse_csr_tensor(indices.entry_offsets, indices.entry_context, torch.ones(num_entries),
+                            size=(indices.num_cells, rows), check_invariants=True)
+    torch.sparse_csr_tensor(indices.transpose_offsets, indices.transpose_cell, torch.ones(num_entries),
+                            size=(rows, indices.num_cells), check_invariants=True)
+    flat_depth, batch, views, bins, height, width = depth.detach().reshape(-1), *cells.shape
+    expected = {}
+    for point in torch.nonzero(cells.reshape(-1) >= 0).squeeze(1).tolist():
+        b, n, d, pixel = point // (views * bins * height * width), point // (bins * height * width) % views, \
+            point // (height * width) % bins, point % (height * width)
+        key = (b * grid[0] * grid[1] + int(cells.reshape(-1)[point]), (b * views + n) * height * width + pixel)
+        expected[key] = expected.get(key, 0.0) + float(flat_depth[point])
+    entry_cells = torch.repeat_interleave(torch.arange(indices.num_cells), torch.diff(indices.entry_offsets))
+    weights = torch.zeros(num_entries, dtype=torch.float64).index_add_(0, indices.point_entry,
+                                                                        flat_depth[indices.ranks_depth])
+    actual = {(int(c), int(r)): float(w) for c, r, w in zip(entry_cells, indices.entry_context, weights)}
+    assert actual.keys() == expected.keys()
+    assert all(abs(actual[k] - expected[k]) < 1e-12 for k in expected)
+
+
 def test_empty_grid_and_compile():
     depth, context, cells, grid = _problem(dtype=torch.float32)
     empty = pool_indices(torch.full_like(cells, -1), grid[0] * grid[1])
