@@ -57,6 +57,11 @@ TENSOR_FIELDS = ("ranks_depth", "ranks_context", "ranks_cell", "interval_starts"
                  "entry_offsets", "entry_context", "transpose_order", "transpose_offsets", "transpose_cell")
 
 
+# What the op reads (the rest is BEVPoolv2's point-level layout: benchmarks/bev_pool.py's peer and the tests).
+OP_FIELDS = ("ranks_depth", "point_entry", "entry_offsets", "entry_context", "transpose_order", "transpose_offsets",
+             "transpose_cell")
+
+
 def _offsets(sorted_keys: torch.Tensor, count: int) -> torch.Tensor:
     """CSR row pointers (count + 1,) of ascending keys in [0, count)."""
     return torch.cat([sorted_keys.new_zeros(1), torch.bincount(sorted_keys, minlength=count).cumsum(0)])
@@ -109,31 +114,25 @@ def _weights(depth, ranks_depth, point_entry, num_entries: int, dtype) -> torch.
         0, point_entry, depth.to(dtype)[ranks_depth])
 
 
-def _forward_torch(depth, context, ranks_depth, point_entry, entry_offsets, entry_context, num_cells):
-    """The pooling as a sparse (cells x context rows) matrix of depth weights times the context rows: CSR
-    SpMM never materialises the (M, C) products (about 40x faster on a CPU than gathering them)."""
-    accumulate = accumulation_dtype(context.dtype)
-    weights = _weights(depth, ranks_depth, point_entry, len(entry_context), accumulate)
+def _forward_torch(weights, context, entry_offsets, entry_context, num_cells):
+    """The pooling as a sparse (cells x context rows) matrix of entry weights times the context rows: CSR
+    SpMM never materialises the (M, C) products (about 100x faster on a CPU than gathering them)."""
     matrix = torch.sparse_csr_tensor(entry_offsets, entry_context, weights, size=(num_cells, context.shape[0]),
                                      check_invariants=False)  # valid by construction (pool_indices)
-    return (matrix @ context.to(accumulate)).to(context.dtype)
+    return (matrix @ context.to(weights.dtype)).to(context.dtype)
 
 
-def _backward_torch(grad_out, depth, context, ranks_depth, point_entry, entry_offsets, entry_context,
-                    transpose_order, transpose_offsets, transpose_cell):
-    """grad_context = weights^T @ grad_out through the transpose's CSR; every point's depth gradient is its
-    entry's <grad_out[cell], context[row]>, a sampled dense-dense product on the weights' pattern."""
-    accumulate = accumulation_dtype(context.dtype)
-    grad, rows = grad_out.to(accumulate), context.to(accumulate)
-    weights = _weights(depth, ranks_depth, point_entry, len(entry_context), accumulate)
+def _backward_torch(grad_out, weights, context, entry_offsets, entry_context, transpose_order, transpose_offsets,
+                    transpose_cell):
+    """grad_context = weights^T @ grad_out through the transpose's CSR; each entry's <grad_out[cell],
+    context[row]>, a sampled dense-dense product on the weights' pattern. Returns (grad_context, dots (E,))."""
+    grad, rows = grad_out.to(weights.dtype), context.to(weights.dtype)
     transpose = torch.sparse_csr_tensor(transpose_offsets, transpose_cell, weights[transpose_order],
                                         size=(rows.shape[0], grad.shape[0]), check_invariants=False)
-    pattern = torch.sparse_csr_tensor(entry_offsets, entry_context, weights.new_ones(len(entry_context)),
+    pattern = torch.sparse_csr_tensor(entry_offsets, entry_context, torch.ones_like(weights),
                                       size=(grad.shape[0], rows.shape[0]), check_invariants=False)
-    dots = torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0).values()  # (E,)
-    grad_depth = torch.zeros(depth.shape, dtype=accumulate, device=depth.device)
-    grad_depth[ranks_depth] = dots[point_entry]
-    return grad_depth.to(depth.dtype), (transpose @ grad).to(context.dtype)
+    dots = torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0).values()
+    return (transpose @ grad).to(context.dtype), dots
 
 
 # The op -----------------------------------------------------------------------------------------
@@ -144,10 +143,6 @@ def bev_pool_op(
     depth: torch.Tensor,
     context: torch.Tensor,
     ranks_depth: torch.Tensor,
-    ranks_context: torch.Tensor,
-    ranks_cell: torch.Tensor,
-    interval_starts: torch.Tensor,
-    interval_lengths: torch.Tensor,
     point_entry: torch.Tensor,
     entry_offsets: torch.Tensor,
     entry_context: torch.Tensor,
@@ -157,18 +152,19 @@ def bev_pool_op(
     num_cells: int,
     backend: str,
 ) -> torch.Tensor:
-    """depth: (P_d,) flat; context: (P_c, C) rows; the rest as :class:`BevPoolIndices`. Returns (num_cells, C)."""
+    """depth: (P_d,) flat; context: (P_c, C) rows; the rest as :class:`BevPoolIndices` (the transpose's for the
+    backward). Returns (num_cells, C)."""
+    weights = _weights(depth, ranks_depth, point_entry, len(entry_context), accumulation_dtype(context.dtype))
     if backend == "triton":
         from .bev_pool_triton import forward_triton
 
-        return forward_triton(depth, context, ranks_depth, ranks_context, ranks_cell, interval_starts,
-                              interval_lengths, num_cells, accumulation_dtype(context.dtype))
-    return _forward_torch(depth, context, ranks_depth, point_entry, entry_offsets, entry_context, num_cells)
+        return forward_triton(weights, context, entry_offsets, entry_context, num_cells, weights.dtype)
+    return _forward_torch(weights, context, entry_offsets, entry_context, num_cells)
 
 
 @bev_pool_op.register_fake
-def _(depth, context, ranks_depth, ranks_context, ranks_cell, interval_starts, interval_lengths, point_entry,
-      entry_offsets, entry_context, transpose_order, transpose_offsets, transpose_cell, num_cells, backend):
+def _(depth, context, ranks_depth, point_entry, entry_offsets, entry_context, transpose_order, transpose_offsets,
+      transpose_cell, num_cells, backend):
     return context.new_empty((num_cells, context.shape[1]))
 
 
@@ -178,8 +174,6 @@ def bev_pool_backward_op(
     depth: torch.Tensor,
     context: torch.Tensor,
     ranks_depth: torch.Tensor,
-    ranks_context: torch.Tensor,
-    ranks_cell: torch.Tensor,
     point_entry: torch.Tensor,
     entry_offsets: torch.Tensor,
     entry_context: torch.Tensor,
@@ -188,30 +182,35 @@ def bev_pool_backward_op(
     transpose_cell: torch.Tensor,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = _weights(depth, ranks_depth, point_entry, len(entry_context), accumulation_dtype(context.dtype))
     if backend == "triton":
         from .bev_pool_triton import backward_triton
 
-        return backward_triton(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell,
-                               accumulation_dtype(context.dtype))
-    return _backward_torch(grad_out, depth, context, ranks_depth, point_entry, entry_offsets, entry_context,
-                           transpose_order, transpose_offsets, transpose_cell)
+        grad_context, dots = backward_triton(grad_out, weights, context, transpose_order, transpose_offsets,
+                                             transpose_cell, weights.dtype)
+    else:
+        grad_context, dots = _backward_torch(grad_out, weights, context, entry_offsets, entry_context,
+                                             transpose_order, transpose_offsets, transpose_cell)
+    grad_depth = torch.zeros(depth.shape, dtype=weights.dtype, device=depth.device)
+    grad_depth[ranks_depth] = dots[point_entry]  # every point of an entry has the entry's gradient
+    return grad_depth.to(depth.dtype), grad_context
 
 
 @bev_pool_backward_op.register_fake
-def _(grad_out, depth, context, ranks_depth, ranks_context, ranks_cell, point_entry, entry_offsets, entry_context,
-      transpose_order, transpose_offsets, transpose_cell, backend):
+def _(grad_out, depth, context, ranks_depth, point_entry, entry_offsets, entry_context, transpose_order,
+      transpose_offsets, transpose_cell, backend):
     return torch.empty_like(depth), torch.empty_like(context)
 
 
 def _setup_context(ctx, inputs, output):
-    depth, context, ranks_depth, ranks_context, ranks_cell, _, _, *sparse, _, backend = inputs
-    ctx.save_for_backward(depth, context, ranks_depth, ranks_context, ranks_cell, *sparse)
+    *tensors, _, backend = inputs
+    ctx.save_for_backward(*tensors)
     ctx.backend = backend
 
 
 def _backward(ctx, grad_out):
     grad_depth, grad_context = bev_pool_backward_op(grad_out.contiguous(), *ctx.saved_tensors, ctx.backend)
-    return grad_depth, grad_context, *([None] * 13)
+    return grad_depth, grad_context, *([None] * 9)
 
 
 bev_pool_op.register_autograd(_backward, setup_context=_setup_context)
@@ -247,6 +246,6 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, indices: BevPoolIndices
     """
     batch, views, channels, height, width = context.shape
     rows = context.permute(0, 1, 3, 4, 2).reshape(batch * views * height * width, channels)  # (B*N*H*W, C)
-    out = bev_pool_op(depth.reshape(-1), rows.contiguous(), *(getattr(indices, name) for name in TENSOR_FIELDS),
+    out = bev_pool_op(depth.reshape(-1), rows.contiguous(), *(getattr(indices, name) for name in OP_FIELDS),
                       indices.num_cells, resolve_backend(backend, context.device))
     return out.reshape(batch, grid_size[0], grid_size[1], channels).permute(0, 3, 1, 2).contiguous()
