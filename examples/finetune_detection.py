@@ -142,7 +142,8 @@ def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
     with accelerator.main_process_first():
         rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
                              classes=config.class_names, map_masks=task.map_masks)
-    processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=model.feature_stride)
+    processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=model.feature_stride,
+                                     jpeg_draft=not args.full_jpeg_decode)
     cbgs = task.class_balanced and not args.no_cbgs
     indices = None if not cbgs else class_balanced_indices(rows.with_format(None)["labels"],
                                                                len(config.class_names), args.seed)

@@ -132,7 +132,7 @@ def main(argv=None) -> None:
                              classes=config.class_names)
     # Official pretraining augmentation: image resize/crop/flip/rotate, BEV flips only.
     processor = GeoMIMImageProcessor(image_size=config.image_size, bev_rotate_range=(0.0, 0.0),
-                                     bev_scale_range=(1.0, 1.0), depth_stride=16)
+                                     bev_scale_range=(1.0, 1.0), depth_stride=16, jpeg_draft=not args.full_jpeg_decode)
     # The batches hold the student's inputs (cached teacher features among them) and, for a teacher run
     # online, the LiDAR points it reads.
     online = teacher is not None and cache is None

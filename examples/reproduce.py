@@ -463,9 +463,11 @@ def main(argv=None) -> None:
     if args.record:
         check_world(dataroot, args.record)
 
+    # Full JPEG decoding: the record's cells were made before reduced-scale decoding existed, and every arm sees
+    # the same pixels.
     data = ["--dataroot", dataroot, "--version", VERSION, "--num-workers", str(budget.workers), "--sweeps", "0",
             "--batch-size", str(budget.batch_size), "--checkpointing-steps", str(budget.checkpointing_steps),
-            "--resume-from-checkpoint", "latest", "--logging-steps", "25"]
+            "--resume-from-checkpoint", "latest", "--logging-steps", "25", "--full-jpeg-decode"]
     teacher = teacher_dir(out, args)
     stage("LiDAR teacher", "train_lidar_teacher.py", teacher,
           [*data, "--train-split", "train", "--val-split", "val", "--max-steps", str(budget.teacher_steps),

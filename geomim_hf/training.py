@@ -39,6 +39,9 @@ def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_
     parser.add_argument("--max-grad-norm", type=float, default=35.0)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--full-jpeg-decode", action="store_true",
+                        help="decode JPEGs in full before resizing (default: at a reduced DCT scale, faster; see "
+                        "GeoMIMImageProcessor's jpeg_draft)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpointing-steps", type=int, default=500,
                         help="optimizer steps between checkpoints; 0: none")

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from transformers import AutoImageProcessor
 
 import geomim_hf  # noqa: F401  (registers the Auto classes)
 from geomim_hf import GeoMIMImageProcessor
+from geomim_hf.image_processing_geomim import draft_jpeg
 from geomim_hf.data import load_nuscenes
 from geomim_hf.data.geometry import invert_rigid, transform_points
 
@@ -33,6 +36,51 @@ def test_processed_from_original_is_where_the_pixels_go(training):
         centroid = np.array([(weight * columns).sum(), (weight * rows).sum()]) / weight.sum()
         errors.append(np.abs(centroid - (processed_from_original @ np.append(center, 1.0))[:2]).max())
     assert len(errors) >= 8 and max(errors) < 0.06  # a half-pixel convention slip would show as ~0.3
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    """``image`` as a lazily opened JPEG, the way a dataset hands one over."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def test_draft_picks_the_largest_exact_reduction():
+    blob = _blob(1600, 900, (800, 450))
+    assert draft_jpeg(_jpeg(blob), (176, 99)) == 4  # 1/8 would be 200 x 112.5: not exact
+    image = _jpeg(blob)
+    assert draft_jpeg(image, (704, 396)) == 2 and image.size == (800, 450)
+    assert draft_jpeg(_jpeg(blob), (880, 495)) == 1  # nothing smaller covers it
+    assert draft_jpeg(blob, (176, 99)) == 1  # not a JPEG file
+    loaded = _jpeg(blob)
+    loaded.load()
+    assert draft_jpeg(loaded, (176, 99)) == 1 and loaded.size == (1600, 900)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_jpeg_draft_moves_no_pixel(training):
+    """A JPEG decoded at a reduced DCT scale: the same processed_from_original as a full decode, the blob's
+    centroid where it maps, and nearly the same pixels."""
+    drafted, full = GeoMIMImageProcessor(), GeoMIMImageProcessor(jpeg_draft=False)
+    rng = np.random.default_rng(1)
+    errors, differences = [], []
+    for _ in range(12):
+        center = np.array([rng.uniform(300, 1300), rng.uniform(500, 850)])
+        seed = int(rng.integers(1 << 31))
+        blob = _blob(1600, 900, center)
+        output, processed_from_original = drafted.augment_view(_jpeg(blob), training, np.random.default_rng(seed))
+        reference, reference_matrix = full.augment_view(_jpeg(blob), training, np.random.default_rng(seed))
+        assert np.array_equal(processed_from_original, reference_matrix)
+        differences.append(np.abs(output.astype(float) - reference.astype(float)).mean())
+        weight = output[..., 0].astype(np.float64)
+        weight[weight < 20] = 0
+        if weight.sum() < 1000:
+            continue
+        rows, columns = np.mgrid[0:output.shape[0], 0:output.shape[1]]
+        centroid = np.array([(weight * columns).sum(), (weight * rows).sum()]) / weight.sum()
+        errors.append(np.abs(centroid - (processed_from_original @ np.append(center, 1.0))[:2]).max())
+    assert len(errors) >= 8 and max(errors) < 0.06
+    assert 0 < np.mean(differences) < 1.0  # grey levels of 255: another decode, not another image
 
 
 def test_augmented_views_see_3d_points_where_the_originals_do(nuscenes_root, tmp_path):

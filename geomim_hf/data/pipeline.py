@@ -5,9 +5,12 @@ exactly the inputs a model takes, so that ``model(**batch)`` works."""
 from __future__ import annotations
 
 import functools
+import io
 
+import datasets
 import numpy as np
 import torch
+from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
@@ -59,6 +62,12 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
         if not with_images:  # never decode the images
             self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
+        elif isinstance(dataset.features.get("images"), datasets.List):
+            # The files are opened here and decoded by the processor, which can decode a JPEG at a reduced
+            # scale (jpeg_draft); datasets would decode them in full first.
+            images = dataset.features["images"]
+            self.dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False),
+                                                                       length=images.length))
         self.map_rasterizer = map_rasterizer
         self.with_map_masks = map_rasterizer is not None or "map_masks" in dataset.column_names
         if map_rasterizer is not None and "location" not in dataset.column_names:
@@ -85,7 +94,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         row = self.dataset[index]
         needs_points = self.with_targets or self.return_depth
         processed = self.processor(
-            row["images"], row["intrinsics"], row["ego_from_camera"], training=self.training, generator=rng,
+            _open_images(row["images"]), row["intrinsics"], row["ego_from_camera"], training=self.training, generator=rng,
             boxes=row["boxes"] if self.with_targets else None,
             velocities=row["velocities"] if self.with_targets else None,
             lidar_points=row["lidar_points"] if needs_points else None,
@@ -131,7 +140,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         previous = self.dataset[self.row_of_token[row["prev_sample_token"]]] \
             if row["prev_sample_token"] in self.row_of_token else row
         rng = np.random.default_rng([self.seed, self.epoch, index])  # replays the current views' draws
-        processed = self.processor(previous["images"], previous["intrinsics"], previous["ego_from_camera"],
+        processed = self.processor(_open_images(previous["images"]), previous["intrinsics"], previous["ego_from_camera"],
                                    training=self.training, generator=rng, bev_augment=False)
         ego_from_prev_ego = invert_rigid(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
         return {"prev_pixel_values": processed["pixel_values"][0], "prev_intrinsics": processed["intrinsics"][0],
@@ -153,6 +162,12 @@ class GeoMIMDataset(torch.utils.data.Dataset):
                           labels=torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long),
                           attributes=torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long))
         return sample
+
+
+def _open_images(images: list) -> list[Image.Image]:
+    """Undecoded dataset images ({"path", "bytes"}) opened lazily; PIL images as they are."""
+    return [Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+            if isinstance(image, dict) else image for image in images]
 
 
 class ResampledDataset(torch.utils.data.Dataset):

@@ -11,6 +11,7 @@ the tests compare against, and a Triton kernel for CUDA (also runnable on the CP
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ logger = logging.getLogger(__name__)
 _announced: set[tuple[str, str, str]] = set()
 
 BACKENDS = ("auto", "torch", "triton")
+# The CSR products used here are stable; torch warns once per process that sparse CSR support is beta.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 @dataclass(frozen=True)
