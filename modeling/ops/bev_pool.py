@@ -2,10 +2,11 @@
 
 Every frustum point (view n, depth bin d, pixel h, w) carries ``depth[d] * context[:]`` into one
 BEV cell; the op sums them per cell without materialising the (B, N, D, H, W, C) lifted tensor
-(the BEVPoolv2 idea). Two implementations: a pure-PyTorch reference that runs anywhere and is what
-the tests compare against, and a Triton kernel for CUDA (also runnable on the CPU under
-``TRITON_INTERPRET=1``). Both are differentiable in depth and context, and work with
-``torch.compile`` and bf16 (accumulation is in float32).
+(the BEVPoolv2 idea). Both implementations work on the distinct (cell, context row) pairs that
+:func:`pool_indices` computes once per camera geometry: sparse CSR products in PyTorch (anywhere), and
+Triton kernels for CUDA (also runnable on the CPU under ``TRITON_INTERPRET=1``); the tests hold both to
+a brute-force loop. Both are differentiable in depth and context, and work with ``torch.compile`` and
+bf16 (accumulation is in float32).
 """
 
 from __future__ import annotations
