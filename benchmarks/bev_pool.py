@@ -1,4 +1,4 @@
-"""Lift-Splat pooling speed: our ``bev_pool`` (Triton kernel and PyTorch reference) against BEVPoolv2, the
+"""Lift-Splat pooling speed: our ``bev_pool`` (Triton kernels and sparse PyTorch products) against BEVPoolv2, the
 algorithm BEVDet/BEVDepth ship, and the original Lift-Splat-Shoot cumsum pooling, in the same run; forward and
 forward + backward, fp32 and bf16 (CUDA), at finetuning's and pretraining's splat; beside the DRAM floor.
 

@@ -1,4 +1,4 @@
-"""Custom ops: a PyTorch reference everywhere and Triton kernels on CUDA."""
+"""Custom ops: PyTorch implementations everywhere and Triton kernels on CUDA."""
 
 from .bev_pool import BACKENDS, BevPoolIndices, bev_pool, pool_indices, resolve_backend
 

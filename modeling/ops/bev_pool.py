@@ -221,7 +221,7 @@ bev_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` picks Triton on CUDA when it imports, else the PyTorch reference."""
+    """``auto`` picks Triton on CUDA when it imports, else the PyTorch implementation."""
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
