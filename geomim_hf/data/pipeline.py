@@ -94,7 +94,8 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         row = self.dataset[index]
         needs_points = self.with_targets or self.return_depth
         processed = self.processor(
-            _open_images(row["images"]), row["intrinsics"], row["ego_from_camera"], training=self.training, generator=rng,
+            _open_images(row["images"]), row["intrinsics"], row["ego_from_camera"], training=self.training,
+            generator=rng,
             boxes=row["boxes"] if self.with_targets else None,
             velocities=row["velocities"] if self.with_targets else None,
             lidar_points=row["lidar_points"] if needs_points else None,
@@ -140,8 +141,9 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         previous = self.dataset[self.row_of_token[row["prev_sample_token"]]] \
             if row["prev_sample_token"] in self.row_of_token else row
         rng = np.random.default_rng([self.seed, self.epoch, index])  # replays the current views' draws
-        processed = self.processor(_open_images(previous["images"]), previous["intrinsics"], previous["ego_from_camera"],
-                                   training=self.training, generator=rng, bev_augment=False)
+        processed = self.processor(_open_images(previous["images"]), previous["intrinsics"],
+                                   previous["ego_from_camera"], training=self.training, generator=rng,
+                                   bev_augment=False)
         ego_from_prev_ego = invert_rigid(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
         return {"prev_pixel_values": processed["pixel_values"][0], "prev_intrinsics": processed["intrinsics"][0],
                 "prev_ego_from_camera": processed["ego_from_camera"][0],

@@ -92,7 +92,7 @@ def pool_indices(cell_index: torch.Tensor, cells_per_sample: int) -> BevPoolIndi
     ranks_cell = b * cells_per_sample + flat[ranks_depth]
     key = ranks_cell * num_rows + ranks_context  # (cell, row), lexicographic
     order = torch.argsort(key, stable=True)
-    ranks_depth, ranks_context, ranks_cell, key = ranks_depth[order], ranks_context[order], ranks_cell[order], key[order]
+    ranks_depth, ranks_context, ranks_cell, key = (t[order] for t in (ranks_depth, ranks_context, ranks_cell, key))
     starts = torch.nonzero(_starts(ranks_cell)).squeeze(1)
     lengths = torch.diff(starts, append=starts.new_tensor([len(ranks_cell)]))
     new_entry = _starts(key)
