@@ -23,13 +23,12 @@ implementation is checked against ours before it is timed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import numpy as np
 import torch
 
+from common import device_name, synchronize, write_json  # benchmarks/common.py, beside this script
 from geomim_hf import GeoMIMConfig
 from geomim_hf.data.geometry import make_transform
 from geomim_hf.synthetic.sensors import NUSCENES_CAMERAS, camera_rotation
@@ -193,13 +192,11 @@ def floor_bytes(depth, context, indices: BevPoolIndices, grid_size, backward: bo
 def time_ms(function, device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(iters):
         function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - started) / iters * 1000
 
 
@@ -222,8 +219,7 @@ def main(argv=None) -> dict:
     dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
     cuda = device.type == "cuda"
     bandwidth = copy_bandwidth(device)
-    device_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"{device_name}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; 6 views, image {tuple(config.image_size)}, "
+    print(f"{device_name(device)}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; 6 views, image {tuple(config.image_size)}, "
           f"stride 16; mean of {args.iters} after {args.warmup}; ms, forward / forward + backward")
     implementations = {f"ours ({backend})": (lambda backend: lambda d, c, i, g: bev_pool(d, c, i, g, backend=backend))(
         backend) for backend in (["triton", "torch"] if cuda else ["torch"])}
@@ -289,11 +285,8 @@ def main(argv=None) -> dict:
                     print(f"  {name:22} {f:>10.2f} / {fb:>10.2f}")
                 print(f"  {ours} / {peer}, forward + backward: {row['ours_over_bevpoolv2_forward_backward']:.2f}x; "
                       f"{ours} forward / floor: {row['ours_forward_over_floor']:.1f}x", flush=True)
-    results = {"device": device_name, "copy_bandwidth_gb_s": bandwidth / 1e9, "iters": args.iters, "rows": rows}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    results = {"device": device_name(device), "copy_bandwidth_gb_s": bandwidth / 1e9, "iters": args.iters, "rows": rows}
+    write_json(args.json, results)
     return results
 
 

@@ -21,8 +21,6 @@ AdamW. ``--dtype bf16`` runs under autocast; ``--compile`` wraps every encoder i
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
@@ -30,13 +28,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from common import device_name, synchronize, write_json  # benchmarks/common.py, beside this script
 from geomim_hf import GeoMIMConfig, GeoMIMModel, random_cell_mask
 from geomim_hf.convert.convert_timm_swin import convert_timm_swin
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timm_swin(config: GeoMIMConfig, window: int) -> torch.nn.Module:
@@ -173,10 +167,8 @@ def main(argv=None) -> dict:
         torch.compile(forward) if args.compile else forward, list(official.parameters()), pixels, args.views,
         device, args.dtype, args.iters, args.warmup, mask=mask)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.preset}: {args.batch} x {args.views} views at {tuple(config.image_size)}, timm window {window}, "
-          f"{args.dtype}{', compiled' if args.compile else ''}, {device_name}; median of {args.iters}; timm layout "
+          f"{args.dtype}{', compiled' if args.compile else ''}, {device_name(device)}; median of {args.iters}; timm layout "
           f"agrees with timm within {difference:.1e} (at {check_size[0]} x {check_size[1]})")
     timm_train = results["timm"]["train_seconds"]
     print(f"{'encoder':42} {'train samples/s':>16} {'vs timm':>8} {'train MiB':>10} {'infer ms':>9} {'vs timm':>8}")
@@ -189,12 +181,9 @@ def main(argv=None) -> dict:
     masked = results["ours, official layout, two-group masked"]["train_seconds"]
     print(f"two-group masked pass / one unmasked pass (training step): {masked / unmasked:.2f}x")
     output = {"preset": args.preset, "batch": args.batch, "views": args.views, "image_size": list(config.image_size),
-              "window": window, "dtype": args.dtype, "compile": args.compile, "device": device_name,
+              "window": window, "dtype": args.dtype, "compile": args.compile, "device": device_name(device),
               "max_difference_vs_timm": difference, "encoders": results, "masked_over_unmasked": masked / unmasked}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(output, handle, indent=2)
+    write_json(args.json, output)
     return output
 
 

@@ -12,7 +12,6 @@ runs through the encoder too). Both variants are checked to give the same heads 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,14 +22,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bev_pool import bevpool_v2_torch, bevpool_v2_triton_function, nuscenes_geometry  # noqa: E402
+from common import device_name, synchronize, write_json  # noqa: E402
 
 from geomim_hf import GeoMIMConfig  # noqa: E402
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection  # noqa: E402
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def pool_with(model: GeoMIMForBEVDetection, pool) -> None:
@@ -113,21 +108,17 @@ def main(argv=None) -> dict:
                 lift_splat = (ours if name.startswith("ours") else peer).lift_splat
                 key = f"{name}, {dtype}, indices {'cached' if cached else 'recomputed'}"
                 results[key] = latency(model, lift_splat, sample, device, dtype, cached, args.iters, args.warmup)
-    device_name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.preset} detector, batch {args.batch} x {config.num_views} views at {tuple(config.image_size)}"
-          f"{', previous frame' if args.temporal else ''}, {device_name}; median of {args.iters} after {args.warmup}")
+          f"{', previous frame' if args.temporal else ''}, {device_name(device)}; median of {args.iters} after {args.warmup}")
     print(f"{'model':58} {'ms / sample':>12} {'vs BEVPoolv2 pooling':>21}")
     for key, seconds in results.items():
         peer_key = key.replace("ours", "BEVPoolv2 pooling", 1)
         ratio = f"{seconds / results[peer_key]:.2f}x" if key.startswith("ours") else ""
         print(f"{key:58} {seconds / args.batch * 1e3:>12.1f} {ratio:>21}")
     output = {"preset": args.preset, "batch": args.batch, "image_size": list(config.image_size),
-              "temporal": args.temporal, "device": device_name, "iters": args.iters,
+              "temporal": args.temporal, "device": device_name(device), "iters": args.iters,
               "seconds_per_call": results}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(output, handle, indent=2)
+    write_json(args.json, output)
     return output
 
 

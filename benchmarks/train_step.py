@@ -23,8 +23,6 @@ The pretraining step reads teacher features of the target's shape from the batch
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import statistics
 import tempfile
@@ -34,15 +32,11 @@ from collections import defaultdict
 
 import torch
 
+from common import device_name, synchronize, write_json  # benchmarks/common.py, beside this script
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
 from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class PartTimer:
@@ -264,10 +258,8 @@ def main(argv=None) -> dict:
             pipeline[workers] = {**loop_with_loader(model, optimizer, loader(workers), inputs, device, args.steps),
                                  "loader_samples_per_s": loader_alone(loader(workers), args.steps)}
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
     step = breakdown["step"]
-    print(f"{args.task}, {args.preset}, batch {args.batch_size}, image {tuple(config.image_size)}, {device_name}; "
+    print(f"{args.task}, {args.preset}, batch {args.batch_size}, image {tuple(config.image_size)}, {device_name(device)}; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; median of {args.steps} steps")
     print(f"\n{'part (one batch in memory)':44} {'ms':>9} {'share':>7}")
     total = breakdown["step_with_hooks"]
@@ -285,14 +277,11 @@ def main(argv=None) -> dict:
               f"{row['wait'] / (row['wait'] + row['compute']):>10.0%} {row['loader_samples_per_s']:>17.2f} "
               f"{consumption:>16.2f} {row['loader_samples_per_s'] / consumption:>14.2f}x")
     results = {"task": args.task, "preset": args.preset, "batch_size": args.batch_size,
-               "image_size": list(config.image_size), "device": device_name, "steps": args.steps,
+               "image_size": list(config.image_size), "device": device_name(device), "steps": args.steps,
                "parts_seconds": breakdown["parts"], "step_seconds": step,
                "step_with_hooks_seconds": total, "host_syncs": syncs,
                "pipeline": {str(k): v for k, v in pipeline.items()}, "model_samples_per_s": consumption}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+    write_json(args.json, results)
     return results
 
 
