@@ -57,3 +57,17 @@ def full_float32():
             torch.backends.cuda.matmul.allow_tf32 = matmul
 
     return context()
+
+
+def load_example(name: str):
+    """``examples/<name>.py`` imported as module ``name`` (registered first: dataclasses look their module up)."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,14 @@
 """examples/finetune_detection.py's model building (the script itself runs in tests/examples/test_reproduce.py and
 test_finetune_segmentation.py)."""
 
-import importlib.util
 import json
 import logging
-import pathlib
-import sys
 
 import torch
 from accelerate import PartialState
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("finetune_detection", REPO / "examples" / "finetune_detection.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["finetune_detection"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_example
 
 
 def test_head_config_makes_a_pretrained_arm_the_presets_model(tmp_path, caplog):
@@ -37,7 +25,7 @@ def test_head_config_makes_a_pretrained_arm_the_presets_model(tmp_path, caplog):
     saved["det_head_channels"] = 48
     (tmp_path / "pretrained" / "config.json").write_text(json.dumps(saved))
 
-    script = _script()
+    script = load_example("finetune_detection")
     base = ["--dataroot", "unused", "--output-dir", str(tmp_path / "out"), "--no-temporal"]
     pretrained_args = [*base, "--init", str(tmp_path / "pretrained")]
     with caplog.at_level(logging.WARNING):

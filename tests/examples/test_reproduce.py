@@ -2,7 +2,6 @@
 run end to end as a user runs it."""
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -15,19 +14,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.helpers import load_example
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "examples" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_t_interval_is_scipys():
-    reproduce = _reproduce()
+    reproduce = load_example("reproduce")
     values = [0.12, 0.18, 0.15]
     mean, half = reproduce.t_interval(values)
     low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
@@ -36,7 +29,7 @@ def test_t_interval_is_scipys():
 
 
 def test_cells_run_the_main_comparison_first_and_the_secondary_on_fewer_seeds(tmp_path):
-    reproduce = _reproduce()
+    reproduce = load_example("reproduce")
     args = reproduce.parse_args(["--out", str(tmp_path), "--arms", "random", "geomim", "depth", "geomim-no-cva",
                                  "--protocols", "full", "probe", "label", "--seeds", "0", "1"])
     budget = dataclasses.replace(reproduce.BUDGETS["smoke"], secondary_seeds=1)
@@ -48,7 +41,7 @@ def test_cells_run_the_main_comparison_first_and_the_secondary_on_fewer_seeds(tm
 
 
 def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims():
-    reproduce = _reproduce()
+    reproduce = load_example("reproduce")
     scores = {"a": {"recipe": "light", "learning_rate": 1e-3, "held_out_NDS": {"random": 0.2, "geomim": 0.1,
                                                                               "pixel": 0.3}},
               "b": {"recipe": "light", "learning_rate": 2e-3, "held_out_NDS": {"random": 0.1, "geomim": 0.4}}}
@@ -59,7 +52,7 @@ def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims(
 
 
 def test_results_summarise_the_cells_found(tmp_path):
-    reproduce = _reproduce()
+    reproduce = load_example("reproduce")
     args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
                                  "--protocols", "full", "probe", "segment", "--seeds", "0", "1"])
     budget = reproduce.BUDGETS["smoke"]
@@ -93,7 +86,7 @@ def test_results_summarise_the_cells_found(tmp_path):
 
 
 def test_smoke_study_runs_and_resumes(tmp_path):
-    reproduce = _reproduce()
+    reproduce = load_example("reproduce")
     record = tmp_path / "record"
     tmp_path = tmp_path / "out"
     command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
