@@ -62,9 +62,9 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         self.return_depth, self.with_targets, self.with_images = return_depth, with_targets, with_images
         if not with_images:  # never decode the images
             self.dataset = dataset.select_columns([c for c in dataset.column_names if c != "images"])
-        elif isinstance(dataset.features.get("images"), datasets.List):
-            # The files are opened here and decoded by the processor, which can decode a JPEG at a reduced
-            # scale (jpeg_draft); datasets would decode them in full first.
+        elif getattr(processor, "jpeg_draft", False) and isinstance(dataset.features.get("images"), datasets.List):
+            # The files are opened here and decoded by the processor at a reduced scale; datasets would decode
+            # them in full first (one pass over the column, cached by the dataset's fingerprint).
             images = dataset.features["images"]
             self.dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False),
                                                                        length=images.length))

@@ -104,7 +104,7 @@ def pool_indices(cell_index: torch.Tensor, cells_per_sample: int) -> BevPoolIndi
                           _offsets(entry_context[transpose_order], num_rows), entry_cell[transpose_order], num_cells)
 
 
-# Reference implementation ---------------------------------------------------------------------
+# PyTorch implementation -----------------------------------------------------------------------
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,7 +120,8 @@ def _weights(depth, ranks_depth, point_entry, num_entries: int, dtype) -> torch.
 
 def _forward_torch(weights, context, entry_offsets, entry_context, num_cells):
     """The pooling as a sparse (cells x context rows) matrix of entry weights times the context rows: CSR
-    SpMM never materialises the (M, C) products (about 100x faster on a CPU than gathering them)."""
+    SpMM never materialises the (M, C) products (2 ms against 38 ms for BEVPoolv2's gather-and-sum at Swin-B's
+    finetuning splat on 2 CPU cores, benchmarks/bev_pool.py)."""
     matrix = torch.sparse_csr_tensor(entry_offsets, entry_context, weights, size=(num_cells, context.shape[0]),
                                      check_invariants=False)  # valid by construction (pool_indices)
     return (matrix @ context.to(weights.dtype)).to(context.dtype)

@@ -202,3 +202,18 @@ def test_map_masks_move_with_the_bev_augmentation(nuscenes_root, tmp_path):
         GeoMIMDataset(rows, turning, training=True)[0]
     batch = collate_geomim([sample, sample], input_names=("pixel_values", "map_masks"))
     assert batch["map_masks"].shape == (2, len(MAP_CLASSES), 200, 200) and batch["map_masks"].dtype == torch.bool
+
+
+def test_the_dataset_lets_the_processor_draft_its_jpegs(nuscenes_root, tmp_path):
+    """The files reach the processor undecoded, so jpeg_draft takes effect (datasets used to decode them in
+    full first, which made it a silent no-op); with jpeg_draft=False the images are the full decode's."""
+    rows = load_nuscenes(str(nuscenes_root), "v1.0-mini", "mini_val", sweeps=0, cache_dir=str(tmp_path))
+    samples = {draft: GeoMIMDataset(rows, GeoMIMImageProcessor(image_size=(64, 176), jpeg_draft=draft))[0]
+               for draft in (True, False)}
+    row = rows[0]
+    full = GeoMIMImageProcessor(image_size=(64, 176), jpeg_draft=False)(
+        row["images"], row["intrinsics"], row["ego_from_camera"])
+    assert torch.equal(samples[False]["pixel_values"], full["pixel_values"][0])
+    assert torch.equal(samples[True]["processed_from_original"], samples[False]["processed_from_original"])
+    difference = (samples[True]["pixel_values"] - samples[False]["pixel_values"]).abs().mean()
+    assert 0 < difference < 0.05  # normalised units: another decode of the same image
