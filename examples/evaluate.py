@@ -24,6 +24,7 @@ from geomim_hf.data.visualize import plot_detections, plot_map_segmentation
 from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter, predict_detections, predict_map_segmentation
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegmentation
+from geomim_hf.training import compile_regions
 
 MODELS = {"GeoMIMForBEVDetection": GeoMIMForBEVDetection, "GeoMIMForBEVSegmentation": GeoMIMForBEVSegmentation}
 
@@ -50,19 +51,28 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", type=int, default=0, help="samples to draw")
     parser.add_argument("--plot-threshold", type=float, default=0.3, help="lowest box score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"],
+                        help="run the network under autocast; decoding and metrics stay in float32")
+    parser.add_argument("--torch-compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile the model's fixed-shape regions (geomim_hf.training.compile_regions)")
     args = parser.parse_args(argv)
 
     output_dir = args.output_dir or args.model
     os.makedirs(output_dir, exist_ok=True)
     model = load_model(args.model).to(args.device).eval()
+    if args.torch_compile:
+        compile_regions(model, args.torch_compile)
+    precision = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    autocast = torch.autocast(torch.device(args.device).type, dtype=precision, enabled=precision is not None)
     segmenter = isinstance(model, GeoMIMForBEVSegmentation)
     processor = GeoMIMImageProcessor.from_pretrained(args.model)
-    if segmenter:
-        metrics = evaluate_segmenter(model, args.dataroot, args.version, args.split, processor,
-                                     batch_size=args.batch_size)
-    else:
-        metrics = evaluate_detector(model, args.dataroot, args.version, args.split, output_dir, processor,
-                                    batch_size=args.batch_size, score_threshold=args.score_threshold)
+    with autocast:
+        if segmenter:
+            metrics = evaluate_segmenter(model, args.dataroot, args.version, args.split, processor,
+                                         batch_size=args.batch_size)
+        else:
+            metrics = evaluate_detector(model, args.dataroot, args.version, args.split, output_dir, processor,
+                                        batch_size=args.batch_size, score_threshold=args.score_threshold)
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results

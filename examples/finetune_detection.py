@@ -35,6 +35,7 @@ from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegment
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
+    compile_regions,
     ema_multi_avg_fn,
     make_accelerator,
     make_schedule,
@@ -164,6 +165,8 @@ def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
                             use_buffers=True)
         accelerator.register_for_checkpointing(ema)
     accelerator.init_trackers(f"geomim_{task.name}", config=vars(args))
+    if args.torch_compile:  # after the EMA's copy, which stays eager
+        compile_regions(accelerator.unwrap_model(model), args.torch_compile)
     logger.info(f"{task.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {len(rows)} "
                 f"keyframes, {len(loader)} batches per epoch", main_process_only=True)
 

@@ -46,6 +46,7 @@ from geomim_hf.teachers import load_teacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
+    compile_regions,
     make_accelerator,
     make_schedule,
     move_batch,
@@ -157,6 +158,8 @@ def main(argv=None) -> None:
         held_out = HeldOut(args, accelerator.unwrap_model(model), rows, processor, cache, online, with_targets,
                            accelerator.device)
     accelerator.init_trackers("geomim_pretrain", config=vars(args))
+    if args.torch_compile:
+        compile_regions(accelerator.unwrap_model(model), args.torch_compile)
 
     start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
 

@@ -28,6 +28,7 @@ from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.training import (
     TrainingLog,
     add_training_arguments,
+    compile_regions,
     make_accelerator,
     make_schedule,
     optimizer_step,
@@ -70,6 +71,8 @@ def main(argv=None) -> None:
     schedule = make_schedule(optimizer, accelerator, args.warmup_steps, args.max_steps)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     accelerator.init_trackers("geomim_lidar_teacher", config=vars(args))
+    if args.torch_compile:
+        compile_regions(accelerator.unwrap_model(model), args.torch_compile)
 
     start_step = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
 

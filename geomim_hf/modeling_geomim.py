@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_geomim import GeoMIMConfig
 from .data.records import ATTRIBUTE_NAMES
-from .modeling.centerpoint import CenterHead, build_targets, center_loss, decode, init_output
+from .modeling.centerpoint import CenterHead, OutputConv2d, build_targets, center_loss, decode
 from .modeling.grids import DepthBins
 from .modeling.decoder import CrossViewAttention, GeoMIMDecoder
 from .modeling.necks import BevEncoder, ImageFPN
@@ -179,8 +179,8 @@ class GeoMIMPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 module.reset_running_stats()
-        elif isinstance(module, nn.Conv2d) and hasattr(module, "output_bias"):
-            init_output(module)
+        elif isinstance(module, OutputConv2d):
+            module.reset_output()
         elif isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
@@ -203,6 +203,7 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
     """
 
     model_input_names = ("pixel_values",)  # the batch fields forward takes: collate_geomim keeps these
+    _compile_regions = ("encoder",)  # fixed-shape submodules that compile_regions compiles
 
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
@@ -271,6 +272,8 @@ class GeoMIMForMaskedBEVModeling(GeoMIMPreTrainedModel):
     # The batch fields forward takes (collate_geomim keeps these); the mask is drawn per step by the loop.
     model_input_names = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original",
                          "augmented_ego_from_ego", "teacher_features", "depth_labels")
+    # The fixed-shape submodules (training.compile_regions); lifting and pooling stay eager.
+    _compile_regions = ("geomim", "decoder", "pixel_head", "depth_net", "bev_downsample", "bev_head")
 
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)
@@ -475,6 +478,9 @@ class GeoMIMBEVPreTrainedModel(GeoMIMPreTrainedModel):
     (``ego_from_prev_ego``), so its BEV lands aligned with the current one: the warp BEVDet4D does by
     resampling, done exactly at the frustum points. As BEVDet4D, it runs without gradients.
     """
+
+    # The fixed-shape submodules (training.compile_regions); lifting and pooling stay eager.
+    _compile_regions = ("geomim", "neck", "depth_net", "bev_encoder", "head")
 
     def __init__(self, config: GeoMIMConfig):
         super().__init__(config)

@@ -27,10 +27,10 @@ from transformers.utils import ModelOutput
 from .configuration_lidar_teacher import NMS_RADIUS, GeoMIMLidarTeacherConfig
 from .modeling.centerpoint import (
     CenterHead,
+    OutputConv2d,
     build_targets,
     center_loss,
     decode,
-    init_output,
     transform_boxes,
 )
 from .modeling.bev_resample import resample_bev
@@ -60,6 +60,8 @@ class GeoMIMLidarTeacher(PreTrainedModel):
     main_input_name = "lidar_points"
     # The batch fields forward takes (collate_geomim keeps these).
     model_input_names = ("lidar_points", "ego_from_lidar", "point_mask", "boxes", "velocities", "labels", "box_mask")
+    # The fixed-shape submodules (training.compile_regions); pillar scatter's sizes follow the points.
+    _compile_regions = ("encoder.backbone", "encoder.neck", "head")
 
     def __init__(self, config: GeoMIMLidarTeacherConfig):
         super().__init__(config)
@@ -79,8 +81,8 @@ class GeoMIMLidarTeacher(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d) and hasattr(module, "output_bias"):
-            init_output(module)
+        if isinstance(module, OutputConv2d):
+            module.reset_output()
         elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:

@@ -38,6 +38,9 @@ def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--max-grad-norm", type=float, default=35.0)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--torch-compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile the model's fixed-shape regions (see compile_regions); BACKEND "
+                        "defaults to inductor")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--full-jpeg-decode", action="store_true",
                         help="decode JPEGs in full before resizing (default: at a reduced DCT scale, faster; see "
@@ -64,6 +67,29 @@ def training_summary(args, accelerator: Accelerator, seconds: float, schedule=No
         summary["optimizer_steps"] = getattr(schedule, "scheduler", schedule).last_epoch // accelerator.num_processes
         summary["final_learning_rate"] = schedule.get_last_lr()[0]
     return {**summary, **extra}
+
+
+def compile_regions(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
+    """``torch.compile`` in place the submodules a model lists in ``_compile_regions``: the parts whose
+    shapes are fixed by the config (encoder, decoder, depth net, BEV encoder, heads). Lifting and pooling
+    stay eager: their index tensors change size with every augmented geometry, and compiling them would
+    recompile every step. In place (``nn.Module.compile``), so parameter names, checkpoints and
+    ``save_pretrained`` are those of the eager model. Returns the regions compiled."""
+    regions = getattr(model, "_compile_regions", ())
+    if not regions:
+        raise ValueError(f"{type(model).__name__} lists no _compile_regions: --torch-compile does not support it")
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f"--torch-compile backend {backend!r} is not one of "
+                         f"{torch._dynamo.list_backends(exclude_tags=())}")
+    compiled = []
+    for name in regions:  # a region the config did not build (e.g. the pixel objective's BEV head) is absent
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        module.compile(backend=backend)
+        compiled.append(name)
+    return compiled
 
 
 def cosine_lr_lambda(warmup_steps: int, total_steps: int, warmup_start: float = 1 / 3, final: float = 1e-3):

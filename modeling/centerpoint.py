@@ -62,20 +62,16 @@ class CenterHead(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(head_channels), nn.ReLU(True))
 
-        def branch(out_channels):
+        def branch(out_channels, bias_init=0.0):
             return nn.Sequential(nn.Conv2d(head_channels, head_channels, 3, padding=1, bias=False),
                                  nn.BatchNorm2d(head_channels), nn.ReLU(True),
-                                 nn.Conv2d(head_channels, out_channels, final_kernel, padding=final_kernel // 2))
+                                 OutputConv2d(head_channels, out_channels, final_kernel, bias_init=bias_init))
 
         self.task_classes = None
         if task_classes is None:
-            self.heatmap = branch(num_classes)
+            self.heatmap = branch(num_classes, HEATMAP_PRIOR_BIAS)
             self.regression = branch(REGRESSION_CHANNELS)
             self.attributes = branch(num_attributes) if num_attributes else None
-            mark_output(self.heatmap[-1], HEATMAP_PRIOR_BIAS)
-            mark_output(self.regression[-1])
-            if self.attributes is not None:
-                mark_output(self.attributes[-1])
             return
         self.task_classes = [list(map(int, classes)) for classes in task_classes]
         flat = [c for classes in self.task_classes for c in classes]
@@ -87,12 +83,10 @@ class CenterHead(nn.Module):
         self.attributes = None
         self.tasks = nn.ModuleList()
         for classes in self.task_classes:
-            task = nn.ModuleDict({"heatmap": branch(len(classes)), "regression": nn.ModuleDict(
-                {name: branch(part.stop - part.start) for name, part in REGRESSION_SLICES.items()})})
-            mark_output(task["heatmap"][-1], HEATMAP_PRIOR_BIAS)
-            for quantity in task["regression"].values():
-                mark_output(quantity[-1])
-            self.tasks.append(task)
+            self.tasks.append(nn.ModuleDict({
+                "heatmap": branch(len(classes), HEATMAP_PRIOR_BIAS),
+                "regression": nn.ModuleDict({name: branch(part.stop - part.start)
+                                             for name, part in REGRESSION_SLICES.items()})}))
         # Heatmap channels come task-major; class c sits at channel class_channel[c]; its task is class_task[c].
         self.class_channel = [flat.index(c) for c in range(num_classes)]
         self.class_task = [next(t for t, classes in enumerate(self.task_classes) if c in classes)
@@ -116,19 +110,29 @@ class CenterHead(nn.Module):
                 "regression": torch.stack(regressions, 1)[:, self.class_task]}
 
 
-def mark_output(conv: nn.Conv2d, bias: float = 0.0) -> None:
-    """Make ``conv`` an output layer: it starts as :func:`init_output` says, and the attribute it gets
-    tells a model-wide initialiser to do the same."""
-    conv.output_bias = bias
-    init_output(conv)
+class OutputConv2d(nn.Conv2d):
+    """A prediction layer (heatmap, regression, attribute, depth or map logits). It starts as
+    :meth:`reset_output` says, which the models' initialisers call again (they find it by type), and it runs
+    in float32 under autocast: bf16 keeps 8 significant bits, so heatmap logits near their prior (-2.2) would
+    step by 0.016 and tie neighbouring peaks, and box offsets would lose centimetres."""
 
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, bias_init: float = 0.0):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.bias_init = bias_init
+        self.reset_output()
 
-def init_output(conv: nn.Conv2d) -> None:
-    """CenterNet's (and RetinaNet's) start for an output conv: small weights and its ``output_bias``
-    (the heatmap's sits at probability 0.1 for every class and cell), so the losses start sane: a
-    ReLU-gain init here starts the regressions at a few metres off (L1 ~14) and the gradients spiking."""
-    nn.init.normal_(conv.weight, std=0.01)
-    nn.init.constant_(conv.bias, conv.output_bias)
+    def reset_output(self) -> None:
+        """CenterNet's (and RetinaNet's) start for an output conv: small weights and ``bias_init`` (the
+        heatmap's sits at probability 0.1 for every class and cell), so the losses start sane: a ReLU-gain
+        init here starts the regressions at a few metres off (L1 ~14) and the gradients spiking."""
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.constant_(self.bias, self.bias_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
 
 
 def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from .bev_resample import resample_bev
-from .centerpoint import mark_output
+from .centerpoint import OutputConv2d
 from .grids import BevGrid
 
 PRIOR_PROBABILITY = 0.01  # RetinaNet's start for a focal-loss logit: rare positives, calm first steps
@@ -28,8 +28,8 @@ class MapSegmentationHead(nn.Module):
         self.convs = nn.Sequential(
             nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True))
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        mark_output(self.classifier, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+        self.classifier = OutputConv2d(channels, num_classes,
+                                       bias_init=-math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
 
     def forward(self, bev_features: torch.Tensor) -> torch.Tensor:
         same_frame = torch.eye(4, device=bev_features.device).expand(bev_features.shape[0], 4, 4)

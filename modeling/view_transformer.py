@@ -75,7 +75,7 @@ class CameraAwareDepthNet(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, num_bins: int, context_channels: int,
                  camera_hidden_size: int):
         super().__init__()
-        from .centerpoint import mark_output
+        from .centerpoint import OutputConv2d
         from .necks import BasicBlock  # the neck module owns the residual block
 
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
@@ -83,8 +83,7 @@ class CameraAwareDepthNet(nn.Module):
         self.depth_gate = CameraAwareGate(mid_channels, camera_hidden_size)
         self.context_gate = CameraAwareGate(mid_channels, camera_hidden_size)
         self.depth = nn.Sequential(BasicBlock(mid_channels, mid_channels), BasicBlock(mid_channels, mid_channels),
-                                   nn.Conv2d(mid_channels, num_bins, 1))
-        mark_output(self.depth[-1])  # small logits: the depth distribution starts near uniform
+                                   OutputConv2d(mid_channels, num_bins))  # starts near uniform
         self.context = nn.Conv2d(mid_channels, context_channels, 1)
 
     def forward(self, x: torch.Tensor, cameras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,3 +114,23 @@ def test_the_first_step_does_not_spike():
     norms = {name: p.grad.norm() for name, p in model.named_parameters() if p.grad is not None}
     assert torch.stack(list(norms.values())).norm() < 50, sorted(norms.items(), key=lambda kv: -kv[1])[:3]
     assert norms["geomim.encoder.patch_embed.bias"] < 10 * norms["geomim.encoder.patch_embed.weight"]
+
+
+def test_bf16_autocast_gives_the_float32_loss_and_gradients():
+    """--mixed-precision bf16: under autocast the training loss is the float32 one within bf16's rounding, the
+    prediction layers still give float32 outputs, and every parameter gets a finite gradient."""
+    torch.manual_seed(0)
+    model = GeoMIMForBEVDetection(_config(det_temporal=False, drop_path_rate=0.0)).train()
+    inputs = _inputs(model.config, batch=2)
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")}
+    targets = dict(boxes=torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3]]]).expand(2, -1, -1),
+                   velocities=torch.zeros(2, 1, 2), labels=torch.tensor([[0]] * 2),
+                   attributes=torch.tensor([[0]] * 2), depth_labels=inputs["depth_labels"])
+    plain = model(**camera, **targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(**camera, **targets)
+    assert mixed.heatmap.dtype == mixed.regression.dtype == mixed.depth.dtype == torch.float32
+    for name in ("loss", "heatmap_loss", "regression_loss", "depth_loss"):
+        assert getattr(mixed, name).item() == pytest.approx(getattr(plain, name).item(), rel=0.02), name
+    mixed.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,10 +1,15 @@
+import copy
 import math
 
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from geomim_hf.training import cosine_lr_lambda, ema_multi_avg_fn
+from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling
+from geomim_hf.modeling_geomim import GeoMIMForBEVDetection
+from geomim_hf.training import compile_regions, cosine_lr_lambda, ema_multi_avg_fn
+
+from .test_modeling_geomim import _inputs
 
 
 def test_ema_follows_bevdets_ramp():
@@ -33,3 +38,44 @@ def test_cosine_schedule_endpoints():
     assert multiplier(10) == pytest.approx(1.0)
     assert multiplier(60) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
     assert multiplier(110) == pytest.approx(1e-3)
+
+
+def test_compile_regions_gives_the_eager_loss_and_gradients_without_recompiling_for_a_new_rig():
+    """--torch-compile: the fixed-shape regions compile in place (parameter names unchanged), the loss and
+    gradients are the eager model's, and a batch with other camera geometry (other pooling indices) runs
+    the compiled regions again without a recompile: lifting and pooling stay eager."""
+    config = GeoMIMConfig.from_preset("geomim-tiny", kernel_backend="torch", det_temporal=False, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    eager = GeoMIMForBEVDetection(config).train()
+    compiled = copy.deepcopy(eager)
+    assert compile_regions(compiled, backend="aot_eager") == ["geomim", "neck", "depth_net", "bev_encoder", "head"]
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    inputs = _inputs(config, batch=2)
+    camera = {k: inputs[k] for k in ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")}
+    targets = dict(boxes=torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3]]]).expand(2, -1, -1),
+                   velocities=torch.zeros(2, 1, 2), labels=torch.tensor([[0]] * 2),
+                   attributes=torch.tensor([[0]] * 2), depth_labels=inputs["depth_labels"])
+    losses = []
+    for model in (eager, compiled):
+        out = model(**camera, **targets)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, expected), actual in zip(eager.named_parameters(), compiled.parameters()):
+        # summation order differs: within 1e-5 of the tensor's largest gradient
+        scale = float(expected.grad.abs().max())
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+    camera["intrinsics"] = camera["intrinsics"] * torch.tensor([1.1, 1.1, 1.0])[:, None]  # longer focal length
+    camera["ego_from_camera"] = camera["ego_from_camera"].clone()
+    camera["ego_from_camera"][..., 2, 3] += 0.4  # mounted higher
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = compiled(**camera, **targets)
+    torch.testing.assert_close(out.loss, eager(**camera, **targets).loss, rtol=1e-5, atol=1e-6)
+
+    pixel = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny", pretrain_objective="pixel"))
+    assert compile_regions(pixel, backend="eager") == ["geomim", "decoder", "pixel_head"]  # the modules it builds
+    with pytest.raises(ValueError, match="backend 'no-such-backend'"):
+        compile_regions(pixel, backend="no-such-backend")
+    with pytest.raises(ValueError, match="Linear lists no _compile_regions"):
+        compile_regions(torch.nn.Linear(2, 2))

@@ -124,7 +124,8 @@ def _forward_torch(weights, context, entry_offsets, entry_context, num_cells):
     finetuning splat on 2 CPU cores, benchmarks/bev_pool.py)."""
     matrix = torch.sparse_csr_tensor(entry_offsets, entry_context, weights, size=(num_cells, context.shape[0]),
                                      check_invariants=False)  # valid by construction (pool_indices)
-    return (matrix @ context.to(weights.dtype)).to(context.dtype)
+    with torch.autocast(context.device.type, enabled=False):  # the op accumulates in weights.dtype, not autocast's
+        return (matrix @ context.to(weights.dtype)).to(context.dtype)
 
 
 def _backward_torch(grad_out, weights, context, entry_offsets, entry_context, transpose_order, transpose_offsets,
@@ -136,8 +137,9 @@ def _backward_torch(grad_out, weights, context, entry_offsets, entry_context, tr
                                         size=(rows.shape[0], grad.shape[0]), check_invariants=False)
     pattern = torch.sparse_csr_tensor(entry_offsets, entry_context, torch.ones_like(weights),
                                       size=(grad.shape[0], rows.shape[0]), check_invariants=False)
-    dots = torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0).values()
-    return (transpose @ grad).to(context.dtype), dots
+    with torch.autocast(grad.device.type, enabled=False):  # as the forward: in weights.dtype
+        dots = torch.sparse.sampled_addmm(pattern, grad, rows.t(), beta=0.0).values()
+        return (transpose @ grad).to(context.dtype), dots
 
 
 # The op -----------------------------------------------------------------------------------------

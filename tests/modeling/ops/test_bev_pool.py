@@ -122,6 +122,23 @@ def test_sparse_layout_is_a_valid_csr_of_the_points():
     assert all(abs(actual[k] - expected[k]) < 1e-12 for k in expected)
 
 
+@pytest.mark.parametrize("device", devices())
+def test_autocast_leaves_the_pooling_in_its_own_precision(device):
+    """Under autocast (--mixed-precision bf16) the pooling of float32 inputs is the float32 pooling, forward
+    and backward: the op accumulates in its weights' dtype (on the CPU, autocast's bf16 sparse matmul does
+    not even exist)."""
+    depth, context, cells, grid = _problem(dtype=torch.float32, device=device)
+    indices = pool_indices(cells, grid[0] * grid[1])
+    plain = bev_pool(depth, context, indices, grid, backend="torch")
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        mixed = bev_pool(depth, context, indices, grid, backend="torch")
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+    weights = torch.randn_like(plain)
+    for ours, reference in zip(*(torch.autograd.grad((t * weights).sum(), (depth, context)) for t in (mixed, plain))):
+        torch.testing.assert_close(ours, reference)
+
+
 def test_empty_grid_and_compile():
     depth, context, cells, grid = _problem(dtype=torch.float32)
     empty = pool_indices(torch.full_like(cells, -1), grid[0] * grid[1])
