@@ -37,7 +37,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, random_cell_mask
+from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMImageProcessor, GeoMIMModel, random_cell_mask
 from geomim_hf.data import load_nuscenes, make_dataloader
 from geomim_hf.evaluation.pretraining import ImageBlindBaseline, evaluate_pretraining
 from geomim_hf.hub import create_model_card
@@ -72,6 +72,9 @@ def parse_args(argv=None):
     parser.add_argument("--objective", default="geomim", choices=["geomim", "pixel", "depth"],
                         help="geomim: the teacher's BEV features (+ depth); pixel: MixMAE's normalised pixels; "
                         "depth: the LiDAR depth maps alone")
+    parser.add_argument("--init-encoder", default=None,
+                        help="start the encoder from this pretraining (or GeoMIMModel) folder, as the official GeoMIM "
+                        "starts from MixMAE's; the decoder starts new. Its encoder architecture must be --model-config's")
     parser.add_argument("--no-cross-view", action="store_true", help="ablation: no Cross-View Attention")
     parser.add_argument("--no-depth-branch", action="store_true",
                         help="ablation: no camera-aware depth branch (depth from the semantic features)")
@@ -104,6 +107,21 @@ def objective_overrides(args) -> dict:
     return overrides
 
 
+def load_encoder(model: GeoMIMForMaskedBEVModeling, folder: str) -> None:
+    """The encoder (``model.geomim``) from a pretraining or GeoMIMModel folder; a different architecture is an
+    error that names the folder and the first parameters that differ."""
+    encoder = GeoMIMModel.from_pretrained(folder)
+    ours = model.geomim.state_dict()
+    theirs = encoder.state_dict()
+    differ = sorted(name for name in ours.keys() | theirs.keys()
+                    if name not in ours or name not in theirs or ours[name].shape != theirs[name].shape)
+    if differ:
+        raise ValueError(f"--init-encoder {folder}: its encoder is not the one --model-config builds; parameters "
+                         f"missing or of another shape: {differ[:5]}{' ...' if len(differ) > 5 else ''}")
+    model.geomim.load_state_dict(theirs)
+    logger.info(f"encoder from {folder} ({len(theirs)} tensors); the decoder starts new", main_process_only=True)
+
+
 LOSS_NAMES = {"geomim": ("reconstruction_loss", "depth_loss"), "pixel": ("reconstruction_loss",),
               "depth": ("depth_loss",)}
 
@@ -116,6 +134,8 @@ def main(argv=None) -> None:
     config.update(objective_overrides(args))
     config.validate_geometry()
     model = GeoMIMForMaskedBEVModeling(config)
+    if args.init_encoder:
+        load_encoder(model, args.init_encoder)
     teacher = cache = None
     if args.objective == "geomim":
         teacher = load_teacher(args.teacher)  # frozen, either kind
@@ -198,7 +218,7 @@ def main(argv=None) -> None:
                     os.path.join(args.output_dir, "learning_curve.json"))
         create_model_card(args.output_dir, training=training_summary(
             args, accelerator, seconds, schedule, objective=args.objective, teacher=args.teacher,
-            mask_ratio=config.mask_ratio,
+            mask_ratio=config.mask_ratio, **{"encoder init": args.init_encoder or "scratch"},
             **{"loss region": args.loss_region, "cross-view attention": not args.no_cross_view,
                "depth branch": not args.no_depth_branch}))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)

@@ -9,12 +9,14 @@ import sys
 
 import pytest
 import torch
+from accelerate import PartialState
 
 from geomim_hf import GeoMIMConfig, GeoMIMForMaskedBEVModeling, GeoMIMModel
 from geomim_hf.configuration_lidar_teacher import TEACHER_PRESETS, GeoMIMLidarTeacherConfig
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
 from geomim_hf.teacher_cache import TeacherFeatureCache
 from geomim_hf.training import cosine_lr_lambda
+from tests.helpers import assert_same_weights, load_example
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -199,3 +201,22 @@ def test_geomim_without_a_teacher_is_refused(nuscenes_root, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "examples" / "pretrain.py"), "--dataroot", str(nuscenes_root),
                              "--output-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "--objective geomim needs --teacher" in result.stderr
+
+
+def test_init_encoder_loads_the_encoder_only_and_refuses_another_architecture(tmp_path):
+    """--init-encoder: the encoder's tensors are the folder's, the decoder starts new; an encoder of another
+    architecture is refused, naming the folder."""
+    PartialState()  # the script's accelerate logger needs it
+    script = load_example("pretrain")
+    torch.manual_seed(0)
+    source = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny", pretrain_objective="pixel"))
+    source.save_pretrained(tmp_path / "pixel")
+    torch.manual_seed(1)
+    model = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny"))
+    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    script.load_encoder(model, str(tmp_path / "pixel"))
+    assert_same_weights(source.geomim, model.geomim)
+    assert all((model.decoder.state_dict()[k] == v).all() for k, v in decoder.items())
+    wider = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny", embed_dim=48))
+    with pytest.raises(ValueError, match="--init-encoder .*pixel: its encoder is not the one"):
+        script.load_encoder(wider, str(tmp_path / "pixel"))

@@ -115,6 +115,9 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     probe = load_file(tmp_path / "finetune" / "geomim-probe-seed0" / "model.safetensors")
     full = load_file(tmp_path / "finetune" / "geomim-full-seed0" / "model.safetensors")
     assert (probe[key] == pretrained[key]).all() and not (full[key] == pretrained[key]).all()
+    # GeoMIM's pretraining started from the pixel-MIM arm's encoder (the official recipe starts from MixMAE's)
+    summary = json.loads((tmp_path / "pretrain" / "geomim-seed0" / "training_summary.json").read_text())
+    assert summary["encoder init"] == str(tmp_path / "pretrain" / "pixel-seed0")
     assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curve.png").is_file()
 
     again = subprocess.run(command, capture_output=True, text=True, env=env)
