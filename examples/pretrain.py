@@ -218,9 +218,9 @@ def main(argv=None) -> None:
                     os.path.join(args.output_dir, "learning_curve.json"))
         create_model_card(args.output_dir, training=training_summary(
             args, accelerator, seconds, schedule, objective=args.objective, teacher=args.teacher,
-            mask_ratio=config.mask_ratio, **{"encoder init": args.init_encoder or "scratch"},
-            **{"loss region": args.loss_region, "cross-view attention": not args.no_cross_view,
-               "depth branch": not args.no_depth_branch}))
+            mask_ratio=config.mask_ratio,
+            **{"encoder init": args.init_encoder or "scratch", "loss region": args.loss_region,
+               "cross-view attention": not args.no_cross_view, "depth branch": not args.no_depth_branch}))
         logger.info(f"saved the pretrained model to {args.output_dir} ({summary})", main_process_only=True)
     accelerator.end_training()
 

@@ -70,13 +70,13 @@ ARMS = {  # the pretraining flags of each arm; random has no pretraining
     "pixel": ["--objective", "pixel"],
     "depth": ["--objective", "depth"],
     "geomim": ["--objective", "geomim"],
+    "geomim-scratch": ["--objective", "geomim"],  # from random weights; see PRETRAINED_FROM
     "geomim-no-cva": ["--objective", "geomim", "--no-cross-view"],
     "geomim-no-depth-branch": ["--objective", "geomim", "--no-depth-branch"],
     "geomim-masked-loss": ["--objective", "geomim", "--loss-region", "masked"],
 }
 # The official GeoMIM starts its encoder from MixMAE's pixel MIM; here every GeoMIM-type arm starts from the pixel
 # arm's encoder of its seed (our world's stand-in for MixMAE on ImageNet). geomim-scratch starts from random weights.
-ARMS["geomim-scratch"] = ARMS["geomim"]
 PRETRAINED_FROM = {arm: "pixel" for arm in ARMS if arm not in ("random", "pixel", "geomim-scratch")}
 MAIN_ARMS = ("random", "pixel", "geomim")  # the paper's comparison; the target is stated on these
 PROTOCOLS = {  # train split, evaluation split, frozen encoder

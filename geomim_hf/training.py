@@ -78,9 +78,9 @@ def compile_regions(model: torch.nn.Module, backend: str = "inductor") -> list[s
     regions = getattr(model, "_compile_regions", ())
     if not regions:
         raise ValueError(f"{type(model).__name__} lists no _compile_regions: --torch-compile does not support it")
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ValueError(f"--torch-compile backend {backend!r} is not one of "
-                         f"{torch._dynamo.list_backends(exclude_tags=())}")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"--torch-compile backend {backend!r} is not one of {backends}")
     compiled = []
     for name in regions:  # a region the config did not build (e.g. the pixel objective's BEV head) is absent
         try:
