@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 
 import torch
 
@@ -25,3 +27,19 @@ def write_json(path: str | None, results: dict) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as handle:
             json.dump(results, handle, indent=2)
+
+
+def median_seconds(call, device: torch.device, iters: int, warmup: int, before=None) -> float:
+    """Median wall time of ``call()`` over ``iters`` calls after ``warmup`` untimed ones, the device synchronised
+    at both ends of each; ``before()`` runs ahead of every call, untimed."""
+    times = []
+    for step in range(warmup + iters):
+        if before is not None:
+            before()
+        synchronize(device)
+        started = time.perf_counter()
+        call()
+        synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)

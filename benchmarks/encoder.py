@@ -21,14 +21,12 @@ AdamW. ``--dtype bf16`` runs under autocast; ``--compile`` wraps every encoder i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import timm
 import torch
 import torch.nn.functional as F
 
-from common import device_name, synchronize, write_json  # benchmarks/common.py, beside this script
+from common import device_name, median_seconds, write_json  # benchmarks/common.py, beside this script
 from geomim_hf import GeoMIMConfig, GeoMIMModel, random_cell_mask
 from geomim_hf.convert.convert_timm_swin import convert_timm_swin
 
@@ -96,15 +94,7 @@ def measure(forward, parameters, pixels, views, device, dtype, iters: int, warmu
     for name, function in (("train", train_step), ("infer", infer)):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for step in range(warmup + iters):
-            synchronize(device)
-            started = time.perf_counter()
-            function()
-            synchronize(device)
-            if step >= warmup:
-                times.append(time.perf_counter() - started)
-        result[f"{name}_seconds"] = statistics.median(times)
+        result[f"{name}_seconds"] = median_seconds(function, device, iters, warmup)
         result[f"{name}_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return result
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import types
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bev_pool import bevpool_v2_torch, bevpool_v2_triton_function, nuscenes_geometry  # noqa: E402
-from common import device_name, synchronize, write_json  # noqa: E402
+from common import device_name, median_seconds, write_json  # noqa: E402
 
 from geomim_hf import GeoMIMConfig  # noqa: E402
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection  # noqa: E402
@@ -54,18 +52,12 @@ def latency(model, lift_splat, sample: dict, device, dtype: str, cached: bool, i
     """Median seconds per call of the model's forward (heads, no decoding); ``lift_splat``'s index cache is
     cleared before each call unless ``cached``."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-    times = []
-    for step in range(warmup + iters):
-        if not cached:
-            lift_splat._cache.clear()
-        synchronize(device)
-        started = time.perf_counter()
+
+    def call():
         with torch.no_grad(), autocast:
             model(**sample)
-        synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+
+    return median_seconds(call, device, iters, warmup, before=None if cached else lift_splat._cache.clear)
 
 
 def main(argv=None) -> dict:

@@ -15,28 +15,15 @@ import json
 import os
 
 import torch
-from transformers import AutoConfig
 
 import geomim_hf  # noqa: F401  (registers the geomim model type)
 from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes
-from geomim_hf.data.visualize import plot_detections, plot_map_segmentation
 from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter, predict_detections, predict_map_segmentation
 from geomim_hf.hub import create_model_card
-from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegmentation
+from geomim_hf.modeling_geomim import GeoMIMForBEVSegmentation, load_bev_model
 from geomim_hf.training import compile_regions
-
-MODELS = {"GeoMIMForBEVDetection": GeoMIMForBEVDetection, "GeoMIMForBEVSegmentation": GeoMIMForBEVSegmentation}
-
-
-def load_model(folder: str):
-    """The detector or segmenter saved in ``folder``, by its config's ``architectures``."""
-    architectures = AutoConfig.from_pretrained(folder).architectures or []
-    known = [name for name in architectures if name in MODELS]
-    if not known:
-        raise ValueError(f"{os.path.join(folder, 'config.json')}: architectures {architectures} names no model this "
-                         f"script evaluates; expected one of {sorted(MODELS)}")
-    return MODELS[known[0]].from_pretrained(folder)
+from geomim_hf.visualize import plot_detections, plot_map_segmentation
 
 
 def main(argv=None) -> None:
@@ -59,7 +46,7 @@ def main(argv=None) -> None:
 
     output_dir = args.output_dir or args.model
     os.makedirs(output_dir, exist_ok=True)
-    model = load_model(args.model).to(args.device).eval()
+    model = load_bev_model(args.model).to(args.device).eval()
     if args.torch_compile:
         compile_regions(model, args.torch_compile)
     precision = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]

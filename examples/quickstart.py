@@ -29,7 +29,7 @@ import time
 
 from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
 from geomim_hf.synthetic.cli import positive_int
-from geomim_hf.data.visualize import plot_nuscenes_sample
+from geomim_hf.visualize import plot_detections, plot_nuscenes_sample
 
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 VERSION = "v1.0-mini"
@@ -154,9 +154,37 @@ def main(argv=None) -> None:
                "stage_seconds": {k: round(v, 1) for k, v in seconds.items()}, "teacher": teacher, **metrics}
     with open(os.path.join(args.out, "quickstart_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    print(f"\nsummary in {os.path.join(args.out, 'quickstart_summary.json')}; draw the predictions with\n"
+    picture = draw_detections(detectors["GeoMIM"], dataroot, os.path.join(args.out, "detections.png"))
+    print(f"\nsummary in {os.path.join(args.out, 'quickstart_summary.json')}; the GeoMIM detector's boxes on one "
+          f"mini_val keyframe, through pipeline('bev-object-detection'), in {picture}; more with\n"
           f"$ python examples/evaluate.py --model {detectors['GeoMIM']} --dataroot {dataroot} --version {VERSION} "
           f"--split mini_val --plot 4")
+
+
+def draw_detections(detector_dir: str, dataroot: str, path: str, score_threshold: float = 0.1) -> str:
+    """A user's view of the result: the detector as a pipeline on the middle mini_val keyframe's cameras (with the
+    previous keyframe), its boxes drawn against the ground truth."""
+    import numpy as np
+    from transformers import pipeline
+
+    from geomim_hf.data import load_nuscenes
+    from geomim_hf.data.geometry import invert_rigid
+
+    detector = pipeline("bev-object-detection", model=detector_dir)
+    rows = load_nuscenes(dataroot, VERSION, "mini_val", classes=detector.model.config.class_names)
+    tokens = {token: index for index, token in enumerate(rows["sample_token"])}
+    row = rows[len(rows) // 2]
+    sample = {key: row[key] for key in ("images", "intrinsics", "ego_from_camera")}
+    if row["prev_sample_token"] in tokens:
+        previous = rows[tokens[row["prev_sample_token"]]]
+        sample.update(prev_images=previous["images"], prev_intrinsics=previous["intrinsics"],
+                      prev_ego_from_camera=previous["ego_from_camera"],
+                      ego_from_prev_ego=invert_rigid(np.asarray(row["global_from_ego"]))
+                      @ np.asarray(previous["global_from_ego"]))
+    found = detector(sample, score_threshold=score_threshold)
+    return plot_detections({**sample, **{key: row[key] for key in ("boxes", "camera_names", "lidar_points",
+                                                                   "ego_from_lidar", "sample_token")}},
+                           found, path, score_threshold=score_threshold)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Importing the package registers ``geomim`` with the transformers Auto classes: A
 encoder), AutoImageProcessor, AutoModelForMaskedImageModeling (pretraining) and
 AutoModelForObjectDetection (the BEV detector); and the two LiDAR teachers, ``geomim_lidar_teacher``
 (pillar CenterPoint) and ``geomim_sparse_teacher`` (BEVFusion's sparse encoder), with AutoConfig and
-AutoModel (``geomim_hf.teachers.load_teacher`` loads either).
+AutoModel (``geomim_hf.teachers.load_teacher`` loads either); and the transformers pipelines
+``bev-object-detection`` and ``bev-map-segmentation`` (:mod:`.pipelines`).
 
 The import is light: the configs load at once, the models and the image processor (PyTorch model code,
 transformers' image processing and torchvision take seconds) on first use, as transformers' own names do:

@@ -1,8 +1,9 @@
-"""geomim's classes in the transformers Auto classes.
+"""geomim's classes in the transformers Auto classes, and its pipelines.
 
 The configs register at ``import geomim_hf`` (they cost nothing). The models and the image processor
 register when transformers first imports the Auto module that maps them (``modeling_auto`` for
-AutoModel and AutoModelFor*, ``image_processing_auto`` for AutoImageProcessor), or at once where it
+AutoModel and AutoModelFor*, ``image_processing_auto`` for AutoImageProcessor; ``transformers.pipelines`` for
+the ``bev-object-detection`` and ``bev-map-segmentation`` pipelines), or at once where it
 already has: importing them costs seconds (PyTorch model code, transformers' image processing and
 torchvision) that a script which only reads configs or loads data need not pay. Either way the Auto
 class has them before its first ``from_pretrained``.
@@ -15,6 +16,7 @@ import sys
 
 MODELING_AUTO = "transformers.models.auto.modeling_auto"
 IMAGE_PROCESSING_AUTO = "transformers.models.auto.image_processing_auto"
+PIPELINES = "transformers.pipelines"
 
 
 def register_auto_configs() -> None:
@@ -65,7 +67,14 @@ def register_image_processor() -> None:
                                 exist_ok=True)
 
 
-_PENDING = {MODELING_AUTO: register_models, IMAGE_PROCESSING_AUTO: register_image_processor}
+def register_pipelines() -> None:
+    if "geomim_hf.pipelines" in sys.modules:  # imported first (and importing transformers.pipelines): it registers
+        return                                # its tasks itself, at its end
+    import geomim_hf.pipelines  # noqa: F401  (registers the tasks)
+
+
+_PENDING = {MODELING_AUTO: register_models, IMAGE_PROCESSING_AUTO: register_image_processor,
+            PIPELINES: register_pipelines}
 
 
 class _RegisterAfter(importlib.abc.Loader):

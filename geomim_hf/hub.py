@@ -146,20 +146,21 @@ def _usage(architecture: str, repo_id: str) -> list[str]:
         return ["from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher", "",
                 f'teacher = GeoMIMLidarTeacher.from_pretrained("{repo_id}").eval()',
                 "# bev_features = teacher(lidar_points, ego_from_lidar, point_mask).bev_features"]
-    if architecture == "GeoMIMForBEVDetection":
-        return ["import geomim_hf  # registers the geomim model type with the Auto classes",
-                "from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor", "",
-                f'model = GeoMIMForBEVDetection.from_pretrained("{repo_id}").eval()',
+    if architecture in ("GeoMIMForBEVDetection", "GeoMIMForBEVSegmentation"):
+        detection = architecture == "GeoMIMForBEVDetection"
+        task, name = ("bev-object-detection", "detector") if detection else ("bev-map-segmentation", "segmenter")
+        result = "detections" if detection else "masks"
+        return ["import geomim_hf  # registers the geomim model type, its Auto classes and pipelines",
+                f"from geomim_hf import {architecture}, GeoMIMImageProcessor",
+                "from transformers import pipeline", "",
+                f'{name} = pipeline("{task}", model="{repo_id}")',
+                f'# {result} = {name}({{"images": views, "intrinsics": intrinsics, "ego_from_camera": ego_from_camera}})',
+                "# any rig: N images (PIL, arrays or paths), (N, 3, 3) intrinsics, (N, 4, 4) camera poses in the ego frame",
+                "",
+                f'model = {architecture}.from_pretrained("{repo_id}").eval()  # or the model itself',
                 f'processor = GeoMIMImageProcessor.from_pretrained("{repo_id}")',
-                "# boxes = model.post_process(model(**inputs), score_threshold=0.05)",
-                "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val"]
-    if architecture == "GeoMIMForBEVSegmentation":
-        return ["import geomim_hf  # registers the geomim model type with the Auto classes",
-                "from geomim_hf import GeoMIMForBEVSegmentation, GeoMIMImageProcessor", "",
-                f'model = GeoMIMForBEVSegmentation.from_pretrained("{repo_id}").eval()',
-                f'processor = GeoMIMImageProcessor.from_pretrained("{repo_id}")',
-                "# probabilities = model.post_process(model(**inputs))  # (B, 6, 200, 200), ego frame",
-                "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val"]
+                "# or: python examples/evaluate.py --model " + repo_id + " --dataroot DIR --split val",
+                "# export: python -m geomim_hf.export --model " + repo_id + " --format onnx --output model.onnx"]
     return ["import geomim_hf  # registers the geomim model type with the Auto classes",
             "from transformers import AutoModel", "",
             f'encoder = AutoModel.from_pretrained("{repo_id}")  # the GeoMIM encoder (GeoMIMModel)',

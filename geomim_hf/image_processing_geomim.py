@@ -10,6 +10,8 @@ camera geometry stays as measured, as BEVDet/BEVDepth apply it inside the view t
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,76 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .data.targets import augment_boxes, augment_points, bev_augmentation_matrix, depth_maps
+
+
+def open_view(view, name: str = "image") -> Image.Image:
+    """One camera image as a PIL image, not decoded yet where it is a file (so a JPEG can be drafted): a PIL
+    image; a path; a datasets ``Image`` feature left undecoded (``{"path", "bytes"}``); a NumPy array (H, W) or
+    (H, W, 1|3|4), uint8 or float in [0, 1]; or a tensor (1|3, H, W) likewise. ``name`` says which input it is
+    in an error."""
+    if isinstance(view, Image.Image):
+        image = view
+    elif isinstance(view, (str, os.PathLike)):
+        if not os.path.isfile(view):
+            raise FileNotFoundError(f"{name}: no image file at {os.fspath(view)!r}")
+        image = Image.open(view)
+    elif isinstance(view, dict) and ("bytes" in view or "path" in view):
+        image = Image.open(io.BytesIO(view["bytes"]) if view.get("bytes") else view["path"])
+    elif isinstance(view, (np.ndarray, torch.Tensor)):
+        array = view.detach().cpu().numpy() if isinstance(view, torch.Tensor) else view
+        if isinstance(view, torch.Tensor) and array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array.transpose(1, 2, 0)  # tensors are channels-first, as torchvision's
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[..., 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ValueError(f"{name}: expected an image array (H, W) or (H, W, 1|3|4) (tensors (1|3, H, W)), "
+                             f"got shape {tuple(view.shape)}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ValueError(f"{name}: expected uint8 or float pixels in [0, 1], got dtype {array.dtype}")
+            array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(array))
+    else:
+        raise TypeError(f"{name}: expected a PIL image, a path or an image array, got {type(view).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{name} has zero size ({image.width} x {image.height} pixels)")
+    return image
+
+
+def _is_view(value) -> bool:
+    return isinstance(value, (Image.Image, str, os.PathLike, dict)) or \
+        (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3))
+
+
+def check_cameras(intrinsics, ego_from_camera, num_views: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Validate one sample's camera geometry and return it as float64: ``intrinsics`` (N, 3, 3) pinhole
+    matrices (focal lengths > 0, last row (0, 0, 1)) and ``ego_from_camera`` (N, 4, 4) rigid transforms (camera
+    frame x right, y down, z forward), finite, one per image. ``where`` prefixes the errors (e.g. "sample 2: ")."""
+    intrinsics = np.asarray(intrinsics, np.float64)
+    ego_from_camera = np.asarray(ego_from_camera, np.float64)
+    for name, value, shape in (("intrinsics", intrinsics, (3, 3)), ("ego_from_camera", ego_from_camera, (4, 4))):
+        if value.shape != (num_views, *shape):
+            raise ValueError(f"{where}{name}: expected shape (N, {shape[0]}, {shape[1]}) = ({num_views}, {shape[0]}, "
+                             f"{shape[1]}) for {num_views} images, got {value.shape}")
+        bad = ~np.isfinite(value).all(axis=(1, 2))
+        if bad.any():
+            raise ValueError(f"{where}{name} of view {int(np.argmax(bad))} holds NaN or inf")
+    last_row = np.abs(intrinsics[:, 2] - np.array([0.0, 0.0, 1.0])).max(1) > 1e-6
+    focal = (intrinsics[:, 0, 0] <= 0) | (intrinsics[:, 1, 1] <= 0)
+    if (last_row | focal).any():
+        view = int(np.argmax(last_row | focal))
+        raise ValueError(f"{where}intrinsics of view {view}: expected a pinhole matrix [[fx, s, cx], [0, fy, cy], "
+                         f"[0, 0, 1]] with fx, fy > 0 (pixels), got {intrinsics[view].tolist()}")
+    rotation = ego_from_camera[:, :3, :3]
+    error = np.abs(np.swapaxes(rotation, 1, 2) @ rotation - np.eye(3)).max((1, 2))
+    bottom = np.abs(ego_from_camera[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(1)
+    rigid = (error < 1e-4) & (bottom < 1e-6) & (np.linalg.det(rotation) > 0)
+    if not rigid.all():
+        view = int(np.argmin(rigid))
+        raise ValueError(f"{where}ego_from_camera of view {view} is not a rigid transform (a rotation R and a "
+                         f"translation, last row (0, 0, 0, 1)): |R^T R - I| = {error[view]:.2g}, det R = "
+                         f"{np.linalg.det(rotation[view]):.3g}, last row {ego_from_camera[view, 3].tolist()}")
+    return intrinsics, ego_from_camera
 
 
 def _as_rng(generator) -> np.random.Generator:
@@ -189,10 +261,12 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Process one sample (``images`` a list of N PIL images) or a batch (a list of such lists).
+        """Process one sample (``images`` a list of N views) or a batch (a list of such lists). A view is
+        what :func:`open_view` takes (a PIL image, a path, an array); views of one sample may differ in size.
 
         Args:
-            intrinsics: (N, 3, 3) or (B, N, 3, 3). ego_from_camera: (N, 4, 4) or (B, N, 4, 4).
+            intrinsics: (N, 3, 3) or (B, N, 3, 3). ego_from_camera: (N, 4, 4) or (B, N, 4, 4), rigid (checked by
+                :func:`check_cameras`, as the intrinsics).
             training: draw the random augmentations; otherwise resize and crop deterministically.
             generator: a ``numpy.random.Generator`` or seed for the augmentations.
             boxes (K, 7), velocities (K, 2), lidar_points (M, C), ego_from_lidar (4, 4): optional
@@ -207,16 +281,27 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-        single = isinstance(images, Image.Image) or (len(images) > 0 and isinstance(images[0], Image.Image))
-        if isinstance(images, Image.Image):
+        single = _is_view(images) or (len(images) > 0 and _is_view(images[0]))
+        if _is_view(images):
             images = [images]
 
         def as_batch(value):
             return None if value is None else ([value] if single else list(value))
 
         batch_images = [images] if single else list(images)
-        batch_intrinsics = np.asarray(intrinsics, np.float64).reshape(len(batch_images), -1, 3, 3)
-        batch_ego_from_camera = np.asarray(ego_from_camera, np.float64).reshape(len(batch_images), -1, 4, 4)
+        if not batch_images or any(len(views) == 0 for views in batch_images):
+            raise ValueError("images: expected N >= 1 views per sample, got a sample without images")
+        intrinsics, ego_from_camera = as_batch(intrinsics), as_batch(ego_from_camera)
+        if len(intrinsics) != len(batch_images) or len(ego_from_camera) != len(batch_images):
+            raise ValueError(f"{len(batch_images)} samples of images but {len(intrinsics)} of intrinsics and "
+                             f"{len(ego_from_camera)} of ego_from_camera")
+        cameras = [check_cameras(k, e, len(views), f"sample {index}: " if not single else "")
+                   for index, (views, k, e) in enumerate(zip(batch_images, intrinsics, ego_from_camera))]
+        if len({len(views) for views in batch_images}) > 1:
+            raise ValueError(f"the samples of one batch must have as many views each, got "
+                             f"{[len(views) for views in batch_images]}")
+        batch_intrinsics = np.stack([k for k, _ in cameras])
+        batch_ego_from_camera = np.stack([e for _, e in cameras])
         boxes, velocities, lidar_points = as_batch(boxes), as_batch(velocities), as_batch(lidar_points)
         ego_from_lidar = as_batch(ego_from_lidar)
         if return_depth and (lidar_points is None or ego_from_lidar is None):
@@ -232,12 +317,10 @@ class GeoMIMImageProcessor(BaseImageProcessor):
                                                     "augmented_ego_from_ego", "depth_maps",
                                                      "boxes", "velocities", "lidar_points")}
         for index, views in enumerate(batch_images):
-            if len(views) != len(batch_intrinsics[index]) or len(views) != len(batch_ego_from_camera[index]):
-                raise ValueError(f"sample {index}: {len(views)} images but {len(batch_intrinsics[index])} intrinsics "
-                                 f"and {len(batch_ego_from_camera[index])} ego_from_camera")
             pixels, posts = [], []
-            for view in views:
-                array, post = self.augment_view(view, training, rng)
+            for number, view in enumerate(views):
+                name = f"images[{number}]" if single else f"images[{index}][{number}]"
+                array, post = self.augment_view(open_view(view, name), training, rng)
                 pixels.append(((array.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
                 posts.append(post)
             outputs["pixel_values"].append(np.stack(pixels))

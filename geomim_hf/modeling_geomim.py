@@ -723,3 +723,17 @@ class GeoMIMForBEVSegmentation(GeoMIMBEVPreTrainedModel):
     def post_process(self, outputs: BEVSegmentationOutput) -> torch.Tensor:
         """Per-class probabilities (B, K, Y, X) in [0, 1] on ``segmentation_grid``."""
         return outputs.logits.float().sigmoid()
+
+
+def load_bev_model(folder: str, **kwargs) -> GeoMIMBEVPreTrainedModel:
+    """The detector or segmenter saved in ``folder`` (a path or hub id), by its config's ``architectures``;
+    ``kwargs`` go to ``from_pretrained`` (config overrides among them)."""
+    from transformers import AutoConfig
+
+    models = {cls.__name__: cls for cls in (GeoMIMForBEVDetection, GeoMIMForBEVSegmentation)}
+    architectures = AutoConfig.from_pretrained(folder).architectures or []
+    known = [name for name in architectures if name in models]
+    if not known:
+        raise ValueError(f"{folder}: config.json's architectures {architectures} name no BEV task model; expected one "
+                         f"of {sorted(models)}")
+    return models[known[0]].from_pretrained(folder, **kwargs)

@@ -102,7 +102,10 @@ class WindowAttention(nn.Module):
             bias = (bias.unsqueeze(1) + mask[None, :, None]).expand(windows // num_windows, -1, -1, -1, -1)
             bias = bias.reshape(windows, self.num_heads, tokens, tokens)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return self.proj(x.transpose(1, 2).reshape(windows, tokens, channels))
+        x = x.transpose(1, 2)  # (B * nW, N, heads, head_dim)
+        if torch.compiler.is_exporting():  # the ONNX exporter's decomposed attention is not token-major
+            x = x.clone(memory_format=torch.contiguous_format)
+        return self.proj(x.reshape(windows, tokens, channels))
 
 
 class SwinBlock(nn.Module):

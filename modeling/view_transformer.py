@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grids import BevGrid, DepthBins
-from .ops import BevPoolIndices, bev_pool, pool_indices
+from .ops import BevPoolIndices, bev_pool, pool_indices, scatter_pool
 
 CAMERA_VECTOR_SIZE = 22
 
@@ -30,6 +30,21 @@ def camera_vector(intrinsics: torch.Tensor, processed_from_original: torch.Tenso
         processed_from_original[..., :2, :3].flatten(-2),
         ego_from_camera[..., :3, :4].flatten(-2),
     ], -1)
+
+
+def invert_3x3(matrix: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) inverses by the adjugate: exact to rounding like ``torch.linalg.inv``, and made of the
+    elementwise ops every exporter (ONNX has no matrix inverse) and compiler takes."""
+    a, b, c = matrix[..., 0, 0], matrix[..., 0, 1], matrix[..., 0, 2]
+    d, e, f = matrix[..., 1, 0], matrix[..., 1, 1], matrix[..., 1, 2]
+    g, h, i = matrix[..., 2, 0], matrix[..., 2, 1], matrix[..., 2, 2]
+    adjugate = torch.stack([
+        torch.stack([e * i - f * h, c * h - b * i, b * f - c * e], -1),
+        torch.stack([f * g - d * i, a * i - c * g, c * d - a * f], -1),
+        torch.stack([d * h - e * g, b * g - a * h, a * e - b * d], -1),
+    ], -2)
+    determinant = a * (e * i - f * h) + b * (f * g - d * i) + c * (d * h - e * g)
+    return adjugate / determinant[..., None, None]
 
 
 class CameraAwareGate(nn.Module):
@@ -132,8 +147,8 @@ class LiftSplat(nn.Module):
         geometry = torch.float64  # metres far from the camera: keep the chain exact
         frustum = self.frustum(intrinsics.device, geometry)  # (D, h, w, 3)
         pixels = torch.cat([frustum[..., :2], torch.ones_like(frustum[..., :1])], -1)  # processed image
-        original_from_processed = torch.linalg.inv(processed_from_original.to(geometry))  # (B, N, 3, 3)
-        camera_rays = torch.linalg.inv(intrinsics.to(geometry)) @ original_from_processed  # (B, N, 3, 3)
+        # (B, N, 3, 3) processed pixels to camera rays: (processed_from_original @ intrinsics)^-1
+        camera_rays = invert_3x3(processed_from_original.to(geometry) @ intrinsics.to(geometry))
         rays = torch.einsum("bnij,dhwj->bndhwi", camera_rays, pixels)  # z = 1 in the camera frame
         points_camera = rays * frustum[..., 2:3]  # (B, N, D, h, w, 3)
         transform = ego_from_camera.to(geometry)
@@ -177,6 +192,10 @@ class LiftSplat(nn.Module):
         depth: (B, N, D, h, w) probabilities; context: (B, N, C, h, w); intrinsics, processed_from_original:
         (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); augmented_ego_from_ego: (B, 4, 4) or None.
         Returns (B, C, Y, X)."""
+        if torch.compiler.is_exporting():  # ONNX / torch.export: the geometry is a graph input, not a cache key
+            cells = self.grid.cell_of(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
+                                                      augmented_ego_from_ego))
+            return scatter_pool(depth, context, cells, self.grid.size)
         indices = self.indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         return bev_pool(depth, context, indices, self.grid.size, backend=self.kernel_backend)
 

@@ -38,3 +38,15 @@ def waymo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("waymo")
     write_waymo(str(root), workers=2, progress=False, **WAYMO_WORLD)
     return root
+
+
+@pytest.fixture(scope="session")
+def detector_dir(tmp_path_factory):
+    """A randomly initialised tiny detector (seed 0) saved with its image processor."""
+    from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMImageProcessor
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("detector")
+    GeoMIMForBEVDetection(GeoMIMConfig.from_preset("geomim-tiny")).save_pretrained(path)
+    GeoMIMImageProcessor(image_size=(64, 176)).save_pretrained(path)
+    return path

@@ -71,3 +71,21 @@ def load_example(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def hub_cache(root, folder, repo_id: str = "org/geomim-tiny") -> str:
+    """Put the files of ``folder`` in a Hub cache at ``root`` (``models--org--name/snapshots/<revision>``, ``refs/main``)
+    as ``repo_id``, the layout ``from_pretrained`` reads with ``HF_HUB_OFFLINE=1`` and ``HF_HUB_CACHE=root``."""
+    import os
+    import pathlib
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = pathlib.Path(root) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for name in os.listdir(folder):
+        if os.path.isfile(os.path.join(folder, name)):
+            (snapshot / name).write_bytes(pathlib.Path(folder, name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return str(root)

@@ -21,19 +21,10 @@ from geomim_hf import (
 from geomim_hf.hub import SUMMARY_METRICS, create_model_card
 from geomim_hf.configuration_lidar_teacher import GeoMIMLidarTeacherConfig
 from geomim_hf.modeling_lidar_teacher import GeoMIMLidarTeacher
-from tests.helpers import RunsCode, assert_same_weights
+from tests.helpers import RunsCode, assert_same_weights, hub_cache
 
 METRICS = {"mAP": 0.3125, "NDS": 0.40625, "mATE": 0.5, "mASE": 0.25, "mAOE": 0.75, "mAVE": 1.0, "mAAE": 0.125,
            "AP/car": 0.5, "AP/pedestrian": 0.25}
-
-
-@pytest.fixture(scope="module")
-def detector_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("detector")
-    GeoMIMForBEVDetection(GeoMIMConfig.from_preset("geomim-tiny")).save_pretrained(path)
-    GeoMIMImageProcessor(image_size=(64, 176)).save_pretrained(path)
-    return path
 
 
 def _python_blocks(text: str) -> str:
@@ -63,6 +54,7 @@ def test_card_usage_snippet_runs(detector_dir):
     exec(_python_blocks(open(detector_dir / "README.md").read()), namespace)  # noqa: S102  (our own card)
     assert isinstance(namespace["model"], GeoMIMForBEVDetection)
     assert isinstance(namespace["processor"], GeoMIMImageProcessor)
+    assert type(namespace["detector"]).__name__ == "BEVObjectDetectionPipeline"
 
 
 def test_pretraining_card_loads_the_encoder_with_automodel(tmp_path):
@@ -89,6 +81,7 @@ def test_segmenter_card_carries_the_iou_of_each_class_and_its_snippet_runs(tmp_p
     namespace = {}
     exec(_python_blocks(card.text), namespace)  # noqa: S102
     assert isinstance(namespace["model"], GeoMIMForBEVSegmentation)
+    assert type(namespace["segmenter"]).__name__ == "BEVMapSegmentationPipeline"
     with pytest.raises(KeyError, match="mIoU"):
         create_model_card(str(tmp_path), metrics={"NDS": 0.5}, eval_version="v1.0-trainval", eval_split="val")
 
@@ -116,15 +109,7 @@ def test_card_errors_name_what_is_missing(tmp_path):
 
 def test_from_pretrained_offline_from_the_hub_cache(detector_dir, tmp_path):
     """The standard cache layout ``models--org--name/snapshots/<rev>`` resolves a Hub id offline."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--org--geomim-tiny"
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for name in os.listdir(detector_dir):
-        if os.path.isfile(detector_dir / name):
-            (snapshot / name).write_bytes((detector_dir / name).read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    cache = hub_cache(tmp_path / "hub", detector_dir)
     script = f"""
 import torch, geomim_hf
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
@@ -144,7 +129,7 @@ except OSError as error:
     print("MISSING:", error)
 print("OK")
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": cache, "HF_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout and "MISSING:" in result.stdout and "offline" in result.stdout

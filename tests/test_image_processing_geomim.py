@@ -132,10 +132,75 @@ def test_outputs_shapes_and_determinism():
     c = processor(views, intrinsics, ego_from_camera, training=True, generator=4)
     assert torch.equal(a["pixel_values"], b["pixel_values"]) and not torch.equal(a["pixel_values"], c["pixel_values"])
     assert not torch.equal(a["augmented_ego_from_ego"][0], torch.eye(4))
-    with pytest.raises(ValueError, match="6 images but 5 intrinsics"):
-        processor(views, intrinsics[:5], ego_from_camera)
     with pytest.raises(ValueError, match="return_depth=True needs lidar_points"):
         processor(views, intrinsics, ego_from_camera, return_depth=True)
+
+
+def test_every_kind_of_view_gives_the_same_pixels(tmp_path):
+    """Paths, arrays (uint8 and float) and tensors (channels first) are read as the PIL image they hold."""
+    processor = GeoMIMImageProcessor(image_size=(64, 176))
+    image = _blob(400, 225, (150, 100))
+    path = tmp_path / "view.png"
+    image.save(path)
+    array = np.asarray(image)
+    intrinsics = np.array([[[300.0, 0, 200], [0, 300.0, 112], [0, 0, 1]]])
+    ego_from_camera = np.eye(4)[None]
+    reference = processor([image], intrinsics, ego_from_camera)["pixel_values"]
+    for view in (path, str(path), array, array / 255.0, torch.from_numpy(array).permute(2, 0, 1), array[..., :1]):
+        pixels = processor([view], intrinsics, ego_from_camera)["pixel_values"]
+        assert torch.allclose(pixels, reference, atol=0.02), type(view)
+
+
+def test_views_of_different_sizes_keep_their_own_geometry():
+    """Each view is resized from its own size: a blob at a known place lands at its processed_from_original."""
+    processor = GeoMIMImageProcessor(image_size=(64, 176))
+    sizes, centers = [(1600, 900), (800, 600), (1920, 1080)], [(700, 800), (300, 500), (1000, 1000)]
+    views = [_blob(w, h, c, sigma=w / 80) for (w, h), c in zip(sizes, centers)]
+    intrinsics = np.stack([np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]]) for w, h in sizes])
+    out = processor(views, intrinsics, np.tile(np.eye(4), (3, 1, 1)), return_tensors="np")
+    for view, ((w, h), center) in enumerate(zip(sizes, centers)):
+        post = out["processed_from_original"][0, view].astype(np.float64)
+        resized, crop, flip, rotation = processor.sample_view_augmentation(w, h, False, np.random.default_rng(0))
+        assert np.allclose(post, processor.processed_from_original_matrix(w, h, resized, crop, flip, rotation))
+        weight = out["pixel_values"][0, view, 0].astype(np.float64)
+        weight = np.where(weight > weight.min() + 1.0, weight - weight.min(), 0.0)
+        rows, columns = np.mgrid[0:64, 0:176]
+        centroid = np.array([(weight * columns).sum(), (weight * rows).sum()]) / weight.sum()
+        assert np.abs(centroid - (post @ np.append(center, 1.0))[:2]).max() < 0.3
+
+
+def test_bad_inputs_are_named():
+    processor = GeoMIMImageProcessor(image_size=(64, 176))
+    views = [_blob(400, 225, (200, 150)) for _ in range(4)]
+    intrinsics = np.tile(np.array([[300.0, 0, 200], [0, 300.0, 112], [0, 0, 1]]), (4, 1, 1))
+    ego_from_camera = np.tile(np.eye(4), (4, 1, 1))
+    with pytest.raises(ValueError, match=r"intrinsics: expected shape \(N, 3, 3\) = \(4, 3, 3\) for 4 images, got "
+                                         r"\(3, 3, 3\)"):
+        processor(views, intrinsics[:3], ego_from_camera)
+    with pytest.raises(ValueError, match=r"ego_from_camera: expected shape \(N, 4, 4\) = \(4, 4, 4\)"):
+        processor(views, intrinsics, ego_from_camera[:, :3])
+    sheared = ego_from_camera.copy()
+    sheared[2, 0, 1] = 0.3
+    with pytest.raises(ValueError, match="ego_from_camera of view 2 is not a rigid transform"):
+        processor(views, intrinsics, sheared)
+    mirrored = ego_from_camera.copy()
+    mirrored[1, 0, 0] = -1.0
+    with pytest.raises(ValueError, match="ego_from_camera of view 1 is not a rigid transform.*det R = -1"):
+        processor(views, intrinsics, mirrored)
+    broken = intrinsics.copy()
+    broken[3, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="intrinsics of view 3 holds NaN"):
+        processor(views, broken, ego_from_camera)
+    with pytest.raises(ValueError, match="intrinsics of view 0: expected a pinhole matrix"):
+        processor(views, intrinsics * 2, ego_from_camera)
+    with pytest.raises(ValueError, match=r"images\[1\] has zero size \(0 x 225 pixels\)"):
+        processor([views[0], Image.new("RGB", (0, 225)), *views[2:]], intrinsics, ego_from_camera)
+    with pytest.raises(FileNotFoundError, match=r"images\[0\]: no image file at 'missing.jpg'"):
+        processor(["missing.jpg", *views[1:]], intrinsics, ego_from_camera)
+    with pytest.raises(ValueError, match=r"images\[0\]: expected an image array"):
+        processor([np.zeros((5, 5, 2), np.uint8), *views[1:]], intrinsics, ego_from_camera)
+    with pytest.raises(ValueError, match="expected N >= 1 views"):
+        processor([[]], intrinsics[:0][None], ego_from_camera[:0][None])
 
 
 def test_save_and_load_through_auto_image_processor(tmp_path):

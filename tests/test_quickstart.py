@@ -21,6 +21,8 @@ def test_quickstart_runs_the_whole_chain_and_resumes(tmp_path):
     assert "mini_val: 2 scenes ['scene-0103', 'scene-0916']" in result.stdout
     with Image.open(tmp_path / "sample.png") as picture:
         assert picture.size[0] > 1000
+    with Image.open(tmp_path / "detections.png") as picture:  # the pipeline's boxes on a mini_val keyframe
+        assert picture.size[0] > 1000
     summary = json.load(open(tmp_path / "quickstart_summary.json"))
     assert len(summary["stage_seconds"]) == 5 and all(t > 0 for t in summary["stage_seconds"].values())
     table = result.stdout[result.stdout.index("camera detectors on mini_val"):]

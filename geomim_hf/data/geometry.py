@@ -126,3 +126,22 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float = 0.0) 
     return (
         (np.abs(local_x) <= half[:, 0]) & (np.abs(local_y) <= half[:, 1]) & (np.abs(offset[..., 2]) <= half[:, 2])
     )
+
+
+def ego_from_camera_of(sample: dict) -> np.ndarray:
+    """A sample's (N, 4, 4) camera poses in the ego frame: its ``ego_from_camera``, or its
+    ``ego_from_camera_rotation`` ((N, 3, 3) matrices or (N, 4) quaternions, as nuScenes' calibrated_sensor) and
+    ``ego_from_camera_translation`` (N, 3) stacked."""
+    if "ego_from_camera" in sample:
+        return np.asarray(sample["ego_from_camera"], np.float64)
+    if "ego_from_camera_rotation" not in sample or "ego_from_camera_translation" not in sample:
+        raise ValueError("a sample needs ego_from_camera (N, 4, 4), or ego_from_camera_rotation ((N, 3, 3) or (N, 4) "
+                         "quaternions w, x, y, z) and ego_from_camera_translation (N, 3)")
+    rotation = np.asarray(sample["ego_from_camera_rotation"], np.float64)
+    translation = np.asarray(sample["ego_from_camera_translation"], np.float64)
+    if rotation.ndim == 2 and rotation.shape[1] == 4:
+        rotation = np.stack([quaternion_to_matrix(q) for q in rotation])
+    if rotation.ndim != 3 or rotation.shape[1:] != (3, 3) or translation.shape != (len(rotation), 3):
+        raise ValueError(f"ego_from_camera_rotation: expected (N, 3, 3) or (N, 4) and ego_from_camera_translation "
+                         f"(N, 3), got {rotation.shape} and {translation.shape}")
+    return make_transform(rotation, translation)

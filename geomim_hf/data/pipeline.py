@@ -5,12 +5,10 @@ exactly the inputs a model takes, so that ``model(**batch)`` works."""
 from __future__ import annotations
 
 import functools
-import io
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
@@ -94,7 +92,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         row = self.dataset[index]
         needs_points = self.with_targets or self.return_depth
         processed = self.processor(
-            _open_images(row["images"]), row["intrinsics"], row["ego_from_camera"], training=self.training,
+            row["images"], row["intrinsics"], row["ego_from_camera"], training=self.training,
             generator=rng,
             boxes=row["boxes"] if self.with_targets else None,
             velocities=row["velocities"] if self.with_targets else None,
@@ -141,7 +139,7 @@ class GeoMIMDataset(torch.utils.data.Dataset):
         previous = self.dataset[self.row_of_token[row["prev_sample_token"]]] \
             if row["prev_sample_token"] in self.row_of_token else row
         rng = np.random.default_rng([self.seed, self.epoch, index])  # replays the current views' draws
-        processed = self.processor(_open_images(previous["images"]), previous["intrinsics"],
+        processed = self.processor(previous["images"], previous["intrinsics"],
                                    previous["ego_from_camera"], training=self.training, generator=rng,
                                    bev_augment=False)
         ego_from_prev_ego = invert_rigid(np.asarray(row["global_from_ego"])) @ np.asarray(previous["global_from_ego"])
@@ -164,12 +162,6 @@ class GeoMIMDataset(torch.utils.data.Dataset):
                           labels=torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long),
                           attributes=torch.as_tensor(np.asarray(row["attributes"]), dtype=torch.long))
         return sample
-
-
-def _open_images(images: list) -> list[Image.Image]:
-    """Undecoded dataset images ({"path", "bytes"}) opened lazily; PIL images as they are."""
-    return [Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
-            if isinstance(image, dict) else image for image in images]
 
 
 class ResampledDataset(torch.utils.data.Dataset):

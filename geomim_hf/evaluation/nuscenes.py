@@ -84,7 +84,7 @@ def _id_array(value, name: str, where: str, count: int, low: int, high: int, mea
     return array
 
 
-def _attribute_name(class_name: str, attribute_id: int, speed: float) -> str:
+def attribute_name(class_name: str, attribute_id: int, speed: float) -> str:
     """The predicted attribute where it is valid for the class, else mmdetection3d's rule: moving or
     ridden above :data:`MOVING_SPEED`, standing pedestrian or stopped bus below it, else the default."""
     if attribute_id >= 0 and ATTRIBUTE_NAMES[attribute_id] in DETECTION_CLASS_ATTRIBUTES[class_name]:
@@ -138,7 +138,7 @@ def _sample_results(prediction: Mapping, sample: Mapping, index: int, classes: S
             "velocity": velocities_global[k].tolist(),
             "detection_name": class_name,
             "detection_score": float(scores[k]),
-            "attribute_name": _attribute_name(class_name, int(attributes[k]),
+            "attribute_name": attribute_name(class_name, int(attributes[k]),
                                               float(np.linalg.norm(velocities_global[k]))),
         })
     return token, results

@@ -126,6 +126,36 @@ def waymo_rig(rng: np.random.Generator) -> SensorRig:
     return SensorRig(cameras, lidar)
 
 
+# A rig unlike both: four cameras at other mounting heights, focal lengths and image sizes, for running models on
+# a rig they were not trained on. Name, position in the ego frame, yaw (deg), focal length, width, height.
+FOUR_CAMERAS = (
+    ("FRONT", (2.10, 0.0, 2.05), 0.0, 1050.0, 1280, 720),
+    ("LEFT", (1.00, 0.92, 1.15), 90.0, 520.0, 960, 600),
+    ("RIGHT", (1.00, -0.92, 1.15), -90.0, 520.0, 960, 600),
+    ("BACK", (-0.60, 0.0, 1.85), 180.0, 1500.0, 1440, 1080),
+)
+
+
+def four_camera_rig() -> list[CameraSpec]:
+    """The cameras of :data:`FOUR_CAMERAS`, principal points at the image centres."""
+    return [CameraSpec(name, width, height, _intrinsics(focal, (width - 1) / 2, (height - 1) / 2),
+                       make_transform(camera_rotation(np.deg2rad(yaw_degrees)), np.asarray(position)))
+            for name, position, yaw_degrees, focal, width, height in FOUR_CAMERAS]
+
+
+def render_views(scene: Scene, cameras: list[CameraSpec], t: float) -> dict:
+    """What a user of the rig ``cameras`` has at time ``t``: ``images`` (N arrays (H, W, 3) uint8), ``intrinsics``
+    (N, 3, 3), ``ego_from_camera`` (N, 4, 4) and ``camera_names``, the pipelines' sample."""
+    from .raycast import render_camera
+
+    world, global_from_ego = scene.world_at(t), scene.global_from_ego(t)
+    images = [render_camera(world, global_from_ego @ camera.ego_from_camera, camera.intrinsics, camera.width,
+                            camera.height)[0] for camera in cameras]
+    return {"images": images, "intrinsics": np.stack([camera.intrinsics for camera in cameras]),
+            "ego_from_camera": np.stack([camera.ego_from_camera for camera in cameras]),
+            "camera_names": [camera.name for camera in cameras]}
+
+
 # Returns closer than this to an annotation's surface are dropped, so that whether a return lies in
 # a box never depends on float rounding (points are stored as float32).
 BOX_SURFACE_TOLERANCE = 0.002

@@ -40,3 +40,14 @@ def test_train_step_breakdown_covers_the_model(nuscenes_root, tmp_path):
         assert expected <= set(results["parts_seconds"])
         assert abs(sum(results["parts_seconds"].values()) - results["step_with_hooks_seconds"]) < 1e-9
         assert all(row["wait"] >= 0 and row["compute"] > 0 for row in results["pipeline"].values())
+
+
+def test_onnx_runtime_benchmark_checks_the_exports_against_pytorch(tmp_path):
+    _run("onnx_runtime.py", "--preset", "geomim-tiny", "--temporal", "--iters", 1, "--warmup", 0,
+         "--json", tmp_path / "onnx.json")
+    results = json.loads((tmp_path / "onnx.json").read_text())
+    assert set(results["seconds_per_call"]) == {"pytorch", "torch-export", "onnxruntime"}
+    assert set(results["file_bytes"]) == {"torch-export", "onnxruntime"}
+    differences = results["max_relative_difference"]
+    assert set(differences) == {"heatmap", "regression", "attributes"}
+    assert all(0 <= value < 1e-4 for runtime in differences.values() for value in runtime.values())
