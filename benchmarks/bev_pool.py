@@ -30,8 +30,8 @@ import torch
 
 from common import device_name, synchronize, write_json  # benchmarks/common.py, beside this script
 from geomim_hf import GeoMIMConfig
-from geomim_hf.data.geometry import make_transform
-from geomim_hf.synthetic.sensors import NUSCENES_CAMERAS, camera_rotation
+from geomim_hf.data.geometry import camera_rotation, make_transform
+from geomim_hf.synthetic.sensors import NUSCENES_CAMERAS
 from geomim_hf.modeling.ops import bev_pool
 from geomim_hf.modeling.ops.bev_pool import BevPoolIndices, accumulation_dtype
 from geomim_hf.modeling.view_transformer import LiftSplat

@@ -10,15 +10,16 @@ PyTorch (:class:`~geomim_hf.GeoMIMImageProcessor`); its ``processed_from_origina
 
 The BEV pooling is exported without a custom op and without precomputed indices: the camera geometry is a graph
 input, each frustum point's cell is computed in the graph (float64, as in PyTorch), and the points are summed into
-the grid by one scatter-add (ONNX ``ScatterElements`` with ``reduction="add"``, opset 16+), with one spill cell for
-the points outside (:func:`geomim_hf.modeling.ops.scatter_pool`). So one file serves any rig with the model's number
+the grid by one indexed add (ONNX ``ScatterND`` with ``reduction="add"``, opset 16+), with one spill cell for the
+points outside (:func:`geomim_hf.modeling.ops.scatter_pool`). So one file serves any rig with the model's number
 of views and image size, and the previous frame's cameras can move with the ego. The price: the graph
-materialises the lifted (B, N * D * h * w, C) products that the PyTorch op never does (80 MB per frame at the
-official finetuning size: 6 views, 59 bins, 16 x 44, 80 channels).
+materialises the lifted (B * N * D * h * w, C) products that the PyTorch op never does (80 MB of float32 a frame at
+the official finetuning size: 6 views, 59 bins, 16 x 44, 80 channels; plus 2 MB of int64 indices).
 
-TensorRT (not run here): its ONNX parser hands a ``ScatterElements`` with a reduction to the ScatterElements plugin
-of TensorRT OSS (release 10.0), and onnx-tensorrt#953 reports that conversion failing when there are more indices
-than outputs, as here; TensorRT also computes float64 as float32, which moves frustum points near cell borders. A
+TensorRT (not run here): onnx-tensorrt#957 reports its parser lowering ``ScatterND`` to a scatter layer that ignores
+the reduction (silently wrong sums), and the ``ScatterElements`` route goes through a TensorRT OSS plugin (release
+10.0) that onnx-tensorrt#953 reports failing when there are more indices than outputs, as here; TensorRT also
+computes float64 as float32, which moves frustum points near cell borders. A
 fast TensorRT engine for a fixed rig would take the pooling out of the graph: precomputed point indices and
 intervals as inputs to a BEVPoolv2-style plugin (points sorted by cell, one thread block per interval), as BEVDet's
 TensorRT deployment does.
@@ -37,15 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-CURRENT_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")
-PREVIOUS_INPUTS = ("prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera", "prev_processed_from_original",
-                   "ego_from_prev_ego")
+from .data.geometry import camera_rotation, make_transform
+
 DETECTION_OUTPUTS = ("heatmap", "regression", "attributes")
 SEGMENTATION_OUTPUTS = ("logits",)
 
 
 def input_names(model) -> tuple[str, ...]:
-    return CURRENT_INPUTS + (PREVIOUS_INPUTS if model.config.det_temporal else ())
+    from .modeling_geomim import CAMERA_INPUTS, PREVIOUS_FRAME_INPUTS
+
+    return CAMERA_INPUTS + (PREVIOUS_FRAME_INPUTS if model.config.det_temporal else ())
 
 
 def output_names(model) -> tuple[str, ...]:
@@ -67,25 +69,27 @@ class ExportableBEVModel(nn.Module):
     def forward(self, pixel_values, intrinsics, ego_from_camera, processed_from_original, prev_pixel_values=None,
                 prev_intrinsics=None, prev_ego_from_camera=None, prev_processed_from_original=None,
                 ego_from_prev_ego=None) -> tuple[torch.Tensor, ...]:
-        inputs = {name: value for name, value in locals().items() if name in CURRENT_INPUTS + PREVIOUS_INPUTS}
-        outputs = self.model(**{name: value for name, value in inputs.items() if value is not None})
+        previous = {"prev_pixel_values": prev_pixel_values, "prev_intrinsics": prev_intrinsics,
+                    "prev_ego_from_camera": prev_ego_from_camera,
+                    "prev_processed_from_original": prev_processed_from_original,
+                    "ego_from_prev_ego": ego_from_prev_ego}
+        outputs = self.model(pixel_values, intrinsics, ego_from_camera, processed_from_original,
+                             **{name: value for name, value in previous.items() if value is not None})
         return tuple(getattr(outputs, name) for name in self.outputs)
 
 
-def example_inputs(model, batch_size: int = 2, num_views: int = 6, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Inputs of the right shapes for tracing: random images and a ring of ``num_views`` cameras 1.6 m up, looking
-    out at equal yaw steps, with processed_from_original the identity. (The values do not shape the graph.)"""
+def example_inputs(model, batch_size: int = 2, num_views: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes for tracing: random images and a ring of ``num_views`` (default the config's)
+    cameras 1.6 m up, looking out at equal yaw steps, with processed_from_original the identity. (The values do
+    not shape the graph.)"""
+    num_views = num_views or model.config.num_views
     generator = torch.Generator().manual_seed(seed)
     height, width = model.config.image_size
     pixel_values = torch.randn(batch_size, num_views, 3, height, width, generator=generator)
     intrinsics = torch.tensor([[width / 2, 0.0, (width - 1) / 2], [0.0, width / 2, (height - 1) / 2], [0.0, 0.0, 1.0]])
-    ego_from_camera = torch.eye(4).repeat(num_views, 1, 1)
-    camera_from_forward = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # camera axes in ego
-    for view in range(num_views):
-        yaw = torch.tensor(2 * np.pi * view / num_views)
-        turn = torch.tensor([[yaw.cos(), -yaw.sin(), 0.0], [yaw.sin(), yaw.cos(), 0.0], [0.0, 0.0, 1.0]])
-        ego_from_camera[view, :3, :3] = turn @ camera_from_forward
-        ego_from_camera[view, :3, 3] = torch.tensor([1.0, 0.0, 1.6])
+    yaws = 2 * np.pi * np.arange(num_views) / num_views
+    ego_from_camera = torch.tensor(np.stack([make_transform(camera_rotation(yaw), [1.0, 0.0, 1.6]) for yaw in yaws]),
+                                   dtype=torch.float32)
     current = (pixel_values, intrinsics.expand(batch_size, num_views, 3, 3).clone(),
                ego_from_camera.expand(batch_size, num_views, 4, 4).clone(),
                torch.eye(3).expand(batch_size, num_views, 3, 3).clone())
@@ -99,16 +103,17 @@ def _dynamic_shapes(model) -> dict[str, dict]:
     return {name: {0: batch} for name in input_names(model)}
 
 
-def export_program(model, num_views: int = 6) -> torch.export.ExportedProgram:
-    """The model as a ``torch.export`` program, batch dynamic."""
+def export_program(model, num_views: int | None = None) -> torch.export.ExportedProgram:
+    """The model as a ``torch.export`` program for ``num_views`` cameras (default the config's), batch dynamic."""
     wrapper = ExportableBEVModel(model)
     with torch.no_grad():
         return torch.export.export(wrapper, example_inputs(model, num_views=num_views),
                                    dynamic_shapes=_dynamic_shapes(model))
 
 
-def export_onnx(model, path: str, num_views: int = 6, opset: int = 18) -> str:
-    """Write the model as an ONNX file at ``path`` (batch dynamic; weights inside the file). Returns ``path``."""
+def export_onnx(model, path: str, num_views: int | None = None, opset: int = 18) -> str:
+    """Write the model as an ONNX file at ``path`` for ``num_views`` cameras (default the config's), batch dynamic,
+    weights inside the file. Returns ``path``."""
     wrapper = ExportableBEVModel(model)
     with torch.no_grad():
         program = torch.onnx.export(wrapper, example_inputs(model, num_views=num_views), dynamo=True,
@@ -137,29 +142,31 @@ def main(argv=None) -> None:
                                                         "(or hub id)")
     parser.add_argument("--format", required=True, choices=("onnx", "torch-export"))
     parser.add_argument("--output", required=True, help="the file to write (.onnx, or .pt2 for torch-export)")
-    parser.add_argument("--num-views", type=int, default=6, help="cameras per sample (default 6)")
+    parser.add_argument("--num-views", type=int, default=None, help="cameras per sample (default the config's "
+                                                                     "num_views)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="processed image size (default the model's config.image_size; a multiple of 32)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 16 for ScatterElements' add)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 16 for ScatterND's add)")
     args = parser.parse_args(argv)
-    if args.num_views < 1:
+    if args.num_views is not None and args.num_views < 1:
         parser.error(f"--num-views must be >= 1, got {args.num_views}")
     if args.opset < 16:
-        parser.error(f"--opset must be >= 16 (ScatterElements with reduction='add'), got {args.opset}")
+        parser.error(f"--opset must be >= 16 (ScatterND with reduction='add'), got {args.opset}")
 
     from .modeling_geomim import load_bev_model
 
     overrides = {"image_size": tuple(args.image_size)} if args.image_size else {}
     model = load_bev_model(args.model, **overrides).eval()
+    num_views = args.num_views or model.config.num_views
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     started = time.perf_counter()
     if args.format == "onnx":
-        export_onnx(model, args.output, num_views=args.num_views, opset=args.opset)
+        export_onnx(model, args.output, num_views=num_views, opset=args.opset)
     else:
-        torch.export.save(export_program(model, num_views=args.num_views), args.output)
+        torch.export.save(export_program(model, num_views=num_views), args.output)
     size = os.path.getsize(args.output) / 2**20
     print(f"wrote {args.output} ({size:.1f} MiB, {time.perf_counter() - started:.0f} s): inputs "
-          f"{list(input_names(model))} with {args.num_views} views of {tuple(model.config.image_size)}, batch dynamic; "
+          f"{list(input_names(model))} with {num_views} views of {tuple(model.config.image_size)}, batch dynamic; "
           f"outputs {list(output_names(model))}")
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .data.records import check_file, is_rigid
 from .data.targets import augment_boxes, augment_points, bev_augmentation_matrix, depth_maps
 
 
@@ -31,9 +32,7 @@ def open_view(view, name: str = "image") -> Image.Image:
     if isinstance(view, Image.Image):
         image = view
     elif isinstance(view, (str, os.PathLike)):
-        if not os.path.isfile(view):
-            raise FileNotFoundError(f"{name}: no image file at {os.fspath(view)!r}")
-        image = Image.open(view)
+        image = Image.open(check_file(os.fspath(view), name))
     elif isinstance(view, dict) and ("bytes" in view or "path" in view):
         image = Image.open(io.BytesIO(view["bytes"]) if view.get("bytes") else view["path"])
     elif isinstance(view, (np.ndarray, torch.Tensor)):
@@ -48,7 +47,10 @@ def open_view(view, name: str = "image") -> Image.Image:
         if array.dtype != np.uint8:
             if not np.issubdtype(array.dtype, np.floating):
                 raise ValueError(f"{name}: expected uint8 or float pixels in [0, 1], got dtype {array.dtype}")
-            array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            if array.size and not (0.0 <= array.min() and array.max() <= 1.0):  # 0..255 floats, or normalised
+                raise ValueError(f"{name}: float pixels must lie in [0, 1] (uint8 for 0..255), got "
+                                 f"[{array.min():.3g}, {array.max():.3g}]")
+            array = (array * 255.0 + 0.5).astype(np.uint8)
         image = Image.fromarray(np.ascontiguousarray(array))
     else:
         raise TypeError(f"{name}: expected a PIL image, a path or an image array, got {type(view).__name__}")
@@ -62,12 +64,15 @@ def _is_view(value) -> bool:
         (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3))
 
 
-def check_cameras(intrinsics, ego_from_camera, num_views: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+def check_cameras(intrinsics, ego_from_camera, num_views: int, where: str = "",
+                  prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Validate one sample's camera geometry and return it as float64: ``intrinsics`` (N, 3, 3) pinhole
     matrices (focal lengths > 0, last row (0, 0, 1)) and ``ego_from_camera`` (N, 4, 4) rigid transforms (camera
-    frame x right, y down, z forward), finite, one per image. ``where`` prefixes the errors (e.g. "sample 2: ")."""
+    frame x right, y down, z forward), finite, one per image. ``where`` prefixes the errors (e.g. "sample 2: "),
+    ``prefix`` the argument names (``prev_``: the previous frame's)."""
     intrinsics = np.asarray(intrinsics, np.float64)
     ego_from_camera = np.asarray(ego_from_camera, np.float64)
+    where = f"{where}{prefix}"
     for name, value, shape in (("intrinsics", intrinsics, (3, 3)), ("ego_from_camera", ego_from_camera, (4, 4))):
         if value.shape != (num_views, *shape):
             raise ValueError(f"{where}{name}: expected shape (N, {shape[0]}, {shape[1]}) = ({num_views}, {shape[0]}, "
@@ -81,15 +86,14 @@ def check_cameras(intrinsics, ego_from_camera, num_views: int, where: str = "") 
         view = int(np.argmax(last_row | focal))
         raise ValueError(f"{where}intrinsics of view {view}: expected a pinhole matrix [[fx, s, cx], [0, fy, cy], "
                          f"[0, 0, 1]] with fx, fy > 0 (pixels), got {intrinsics[view].tolist()}")
-    rotation = ego_from_camera[:, :3, :3]
-    error = np.abs(np.swapaxes(rotation, 1, 2) @ rotation - np.eye(3)).max((1, 2))
-    bottom = np.abs(ego_from_camera[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(1)
-    rigid = (error < 1e-4) & (bottom < 1e-6) & (np.linalg.det(rotation) > 0)
+    rigid = is_rigid(ego_from_camera)
     if not rigid.all():
         view = int(np.argmin(rigid))
+        rotation = ego_from_camera[view, :3, :3]
+        error = np.abs(rotation.T @ rotation - np.eye(3)).max()
         raise ValueError(f"{where}ego_from_camera of view {view} is not a rigid transform (a rotation R and a "
-                         f"translation, last row (0, 0, 0, 1)): |R^T R - I| = {error[view]:.2g}, det R = "
-                         f"{np.linalg.det(rotation[view]):.3g}, last row {ego_from_camera[view, 3].tolist()}")
+                         f"translation, last row (0, 0, 0, 1)): |R^T R - I| = {error:.2g}, det R = "
+                         f"{np.linalg.det(rotation):.3g}, last row {ego_from_camera[view, 3].tolist()}")
     return intrinsics, ego_from_camera
 
 
@@ -259,6 +263,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         bev_augment: bool | None = None,
         return_depth: bool = False,
         return_tensors: str | None = "pt",
+        input_prefix: str = "",
         **kwargs,
     ) -> BatchFeature:
         """Process one sample (``images`` a list of N views) or a batch (a list of such lists). A view is
@@ -274,6 +279,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             bev_augment: apply the BEV augmentation (defaults to ``training``).
             return_depth: add ``depth_maps`` (B, N, H / depth_stride, W / depth_stride) from
                 ``lidar_points`` through the image augmentation (before the BEV augmentation).
+            input_prefix: put before the argument names in errors (``prev_`` for a previous frame's images).
 
         Returns a ``BatchFeature`` with ``pixel_values`` (B, N, 3, H, W), ``intrinsics``,
         ``ego_from_camera``, ``processed_from_original`` (B, N, 3, 3), ``augmented_ego_from_ego`` (B, 4, 4) and, when
@@ -290,12 +296,12 @@ class GeoMIMImageProcessor(BaseImageProcessor):
 
         batch_images = [images] if single else list(images)
         if not batch_images or any(len(views) == 0 for views in batch_images):
-            raise ValueError("images: expected N >= 1 views per sample, got a sample without images")
+            raise ValueError(f"{input_prefix}images: expected N >= 1 views per sample, got a sample without images")
         intrinsics, ego_from_camera = as_batch(intrinsics), as_batch(ego_from_camera)
         if len(intrinsics) != len(batch_images) or len(ego_from_camera) != len(batch_images):
             raise ValueError(f"{len(batch_images)} samples of images but {len(intrinsics)} of intrinsics and "
                              f"{len(ego_from_camera)} of ego_from_camera")
-        cameras = [check_cameras(k, e, len(views), f"sample {index}: " if not single else "")
+        cameras = [check_cameras(k, e, len(views), f"sample {index}: " if not single else "", input_prefix)
                    for index, (views, k, e) in enumerate(zip(batch_images, intrinsics, ego_from_camera))]
         if len({len(views) for views in batch_images}) > 1:
             raise ValueError(f"the samples of one batch must have as many views each, got "
@@ -319,7 +325,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         for index, views in enumerate(batch_images):
             pixels, posts = [], []
             for number, view in enumerate(views):
-                name = f"images[{number}]" if single else f"images[{index}][{number}]"
+                name = f"{input_prefix}images[{number}]" if single else f"{input_prefix}images[{index}][{number}]"
                 array, post = self.augment_view(open_view(view, name), training, rng)
                 pixels.append(((array.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
                 posts.append(post)

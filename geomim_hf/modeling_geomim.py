@@ -31,6 +31,11 @@ from .configuration_lidar_teacher import NMS_RADIUS
 logger = logging.get_logger(__name__)
 
 DECODER_STRIDE = 16
+# The inputs of a BEV task model beyond the targets: the current frame's cameras, then the previous frame's (a
+# temporal model, ``det_temporal``) and the ego motion between them.
+CAMERA_INPUTS = ("pixel_values", "intrinsics", "ego_from_camera", "processed_from_original")
+PREVIOUS_FRAME_INPUTS = ("prev_pixel_values", "prev_intrinsics", "prev_ego_from_camera",
+                         "prev_processed_from_original", "ego_from_prev_ego")
 
 
 def random_cell_mask(config: GeoMIMConfig, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -21,22 +21,41 @@ Importing the package registers both tasks with ``transformers.pipeline`` (:mod:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Pipeline
 
-from .data.geometry import ego_from_camera_of
-from .data.records import ATTRIBUTE_NAMES
+from .data.geometry import BOX_FIELDS, ego_from_camera_of
+from .data.records import is_rigid
 from .image_processing_geomim import GeoMIMImageProcessor
-from .modeling_geomim import BEVDetectionOutput
+from .modeling_geomim import (
+    CAMERA_INPUTS,
+    BEVDetectionOutput,
+    BEVSegmentationOutput,
+    GeoMIMForBEVDetection,
+    GeoMIMForBEVSegmentation,
+)
 
 SAMPLE_KEYS = ("images", "intrinsics", "ego_from_camera", "ego_from_camera_rotation", "ego_from_camera_translation",
                "prev_images", "prev_intrinsics", "prev_ego_from_camera", "ego_from_prev_ego", "camera_names")
 
 
+def _views(value, name: str) -> list:
+    """A sample's images as a list of views: one path, image or array alone is refused rather than read as
+    characters or rows."""
+    if isinstance(value, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name}: expected a list of N >= 1 views (paths, PIL images or arrays), got one "
+                        f"{type(value).__name__}")
+    return list(value)
+
+
 def model_inputs(sample: dict, processor: GeoMIMImageProcessor, temporal: bool) -> dict[str, torch.Tensor]:
     """A user's sample (module docstring) as the model's inputs, each with a batch dimension of 1. Without a
-    previous frame a temporal model sees the current one in its place, as for a scene's first keyframe."""
+    previous frame a temporal model sees the current one in its place, as for a scene's first keyframe; a model
+    that is not temporal ignores a previous frame."""
     if not isinstance(sample, dict):
         raise TypeError(f"a sample is a dict with keys {SAMPLE_KEYS[:3]} (and optionally the others of "
                         f"{SAMPLE_KEYS[3:]}), got {type(sample).__name__}")
@@ -47,25 +66,26 @@ def model_inputs(sample: dict, processor: GeoMIMImageProcessor, temporal: bool) 
         if key not in sample:
             raise ValueError(f"a sample needs {key!r}: N camera images and their (N, 3, 3) intrinsics")
     ego_from_camera = ego_from_camera_of(sample)
-    processed = processor(list(sample["images"]), sample["intrinsics"], ego_from_camera)
-    inputs = {key: processed[key] for key in ("pixel_values", "intrinsics", "ego_from_camera",
-                                              "processed_from_original")}
+    processed = processor(_views(sample["images"], "images"), sample["intrinsics"], ego_from_camera)
+    inputs = {key: processed[key] for key in CAMERA_INPUTS}
+    if not temporal:
+        return inputs
     if "prev_images" in sample:
         if "ego_from_prev_ego" not in sample:
             raise ValueError("prev_images need ego_from_prev_ego (4, 4): the previous ego frame in the current one")
         ego_from_prev_ego = np.asarray(sample["ego_from_prev_ego"], np.float64)
-        if ego_from_prev_ego.shape != (4, 4) or not np.isfinite(ego_from_prev_ego).all():
-            raise ValueError(f"ego_from_prev_ego: expected a finite (4, 4) transform, got shape "
-                             f"{ego_from_prev_ego.shape}")
-        previous = processor(list(sample["prev_images"]), sample.get("prev_intrinsics", sample["intrinsics"]),
-                             sample.get("prev_ego_from_camera", ego_from_camera))
-        inputs.update({f"prev_{key}": value for key, value in previous.items() if key in inputs})
+        if ego_from_prev_ego.shape != (4, 4) or not np.isfinite(ego_from_prev_ego).all() or \
+                not is_rigid(ego_from_prev_ego):
+            raise ValueError(f"ego_from_prev_ego: expected a finite rigid (4, 4) transform, got "
+                             f"{ego_from_prev_ego.tolist()}")
+        previous = processor(_views(sample["prev_images"], "prev_images"),
+                             sample.get("prev_intrinsics", sample["intrinsics"]),
+                             sample.get("prev_ego_from_camera", ego_from_camera), input_prefix="prev_")
+        inputs.update({f"prev_{key}": previous[key] for key in CAMERA_INPUTS})
         inputs["ego_from_prev_ego"] = torch.as_tensor(ego_from_prev_ego, dtype=torch.float32)[None]
-    elif temporal:  # the current frame stands in: the model's own rule for a scene's first keyframe
-        inputs.update({f"prev_{key}": value for key, value in inputs.items()})
+    else:  # the current frame stands in (its encoder runs twice: the batch keeps one set of inputs)
+        inputs.update({f"prev_{key}": inputs[key] for key in CAMERA_INPUTS})
         inputs["ego_from_prev_ego"] = torch.eye(4)[None]
-    if not temporal:
-        inputs = {key: value for key, value in inputs.items() if not key.startswith("prev_") and key != "ego_from_prev_ego"}
     return inputs
 
 
@@ -74,18 +94,34 @@ class _RigPipeline(Pipeline):
     pipeline's own collation, every input with a leading batch dimension)."""
 
     _load_processor = False
-    _load_image_processor = True
+    _load_image_processor = None  # optional: a folder saved without one gets the model's input size (__init__)
     _load_feature_extractor = False
     _load_tokenizer = False
+    model_class: type  # the task model the pipeline runs
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The Auto class builds the task's model from any geomim folder: one saved as another task (a segmenter, a
+        # pretraining) would run with heads it never trained.
+        architectures = getattr(self.model.config, "architectures", None) or [type(self.model).__name__]
+        if not isinstance(self.model, self.model_class) or self.model_class.__name__ not in architectures:
+            raise ValueError(f"{type(self).__name__} runs a {self.model_class.__name__}, got a model saved as "
+                             f"{architectures} (its config.json's architectures)")
         if self.image_processor is None:  # a folder saved without its processor: the model's input size
             self.image_processor = GeoMIMImageProcessor(image_size=self.model.config.image_size,
                                                         depth_stride=self.model.feature_stride)
         if tuple(self.image_processor.image_size) != tuple(self.model.config.image_size):
             raise ValueError(f"the image processor resizes to {tuple(self.image_processor.image_size)} but the model "
                              f"takes {tuple(self.model.config.image_size)} (config.image_size)")
+
+    def __call__(self, inputs, **kwargs):
+        batch_size = kwargs.get("batch_size") or self._batch_size or 1
+        if isinstance(inputs, list) and batch_size > 1:  # one batch stacks the views of its samples
+            counts = [len(sample["images"]) for sample in inputs if isinstance(sample, dict) and "images" in sample]
+            if len(set(counts)) > 1:
+                raise ValueError(f"batch_size={batch_size} stacks samples with as many views each, got view counts "
+                                 f"{counts}: group the samples by rig or use batch_size=1")
+        return super().__call__(inputs, **kwargs)
 
     def preprocess(self, sample: dict) -> dict[str, torch.Tensor]:
         return model_inputs(sample, self.image_processor, temporal=self.model.config.det_temporal)
@@ -105,6 +141,8 @@ class BEVObjectDetectionPipeline(_RigPipeline):
     for classes without one). Call arguments: ``score_threshold`` (default the config's
     ``det_score_threshold``), ``top_k`` (default ``det_max_detections``), ``batch_size``.
     """
+
+    model_class = GeoMIMForBEVDetection
 
     def _sanitize_parameters(self, score_threshold: float | None = None, top_k: int | None = None):
         postprocess = {}
@@ -131,10 +169,10 @@ class BEVObjectDetectionPipeline(_RigPipeline):
                                                                       "attributes"))):
             name = class_names[int(label)]
             speed = float(np.hypot(*velocity))
+            # nuScenes' attribute rules apply to its classes; other class lists (Waymo's) have no attributes
             attribute = (attribute_name(name, int(attribute), speed) or None) if name in DETECTION_CLASS_ATTRIBUTES \
-                else ATTRIBUTE_NAMES[int(attribute)]
-            results.append({"score": score, "label": name,
-                            "box": dict(zip(("x", "y", "z", "length", "width", "height", "yaw"), box)),
+                else None
+            results.append({"score": score, "label": name, "box": dict(zip(BOX_FIELDS, box)),
                             "velocity": {"x": velocity[0], "y": velocity[1]}, "attribute": attribute})
         return results
 
@@ -153,6 +191,8 @@ class BEVMapSegmentationPipeline(_RigPipeline):
     0.5) as a PIL image (mode ``L``, 255 inside), ``score`` the mean probability inside the mask (0 if empty).
     """
 
+    model_class = GeoMIMForBEVSegmentation
+
     def _sanitize_parameters(self, threshold: float | None = None):
         return {}, {}, ({} if threshold is None else {"threshold": float(threshold)})
 
@@ -162,7 +202,7 @@ class BEVMapSegmentationPipeline(_RigPipeline):
     def postprocess(self, outputs: dict, threshold: float = 0.5) -> list[dict]:
         from PIL import Image
 
-        probabilities = outputs["logits"][0].float().sigmoid().cpu().numpy()  # (K, Y, X)
+        probabilities = self.model.post_process(BEVSegmentationOutput(**outputs))[0].cpu().numpy()  # (K, Y, X)
         results = []
         for name, probability in zip(self.model.config.seg_class_names, probabilities):
             inside = probability >= threshold

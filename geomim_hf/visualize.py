@@ -8,6 +8,8 @@ dataset row of the sample contract is one) and detections as ``pipeline("bev-obj
 
 from __future__ import annotations
 
+import zlib
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,7 +19,9 @@ from PIL import Image  # noqa: E402
 
 from .data.classes import NUSCENES_DETECTION_CLASSES  # noqa: E402
 from .data.geometry import (  # noqa: E402
+    BOX_FIELDS,
     box_corners,
+    clip_edges,
     ego_from_camera_of,
     invert_rigid,
     make_transform,
@@ -89,29 +93,28 @@ def plot_nuscenes_sample(nusc, sample_token: str, path: str, bev_range: float = 
     return path
 
 
-def class_color(name: str, class_names) -> tuple:
-    """A class's colour: nuScenes' ten classes keep theirs in every picture, other classes take tab20's by index."""
+def class_color(name: str) -> tuple:
+    """A class's colour, the same in every picture: nuScenes' ten classes keep theirs, another name takes one of
+    tab20's by a hash of the name."""
     if name in CLASS_COLORS:
         return CLASS_COLORS[name]
-    return plt.get_cmap("tab20")(list(class_names).index(name) % 20 if name in class_names else 19)
-
-
-BOX_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
+    return plt.get_cmap("tab20")(zlib.crc32(name.encode()) % 20)
 
 
 def project_box_edges(box, camera_from_ego: np.ndarray, intrinsics: np.ndarray, width: int, height: int,
                       near: float = 0.5) -> np.ndarray | None:
-    """The 12 edges of an ego-frame box ``(x, y, z, l, w, h, yaw)`` in an image's pixels, (12, 2, 2) as ``[edge,
-    end, (u, v)]``, or None when a corner lies closer than ``near`` metres in front of the camera (or behind it)
-    or the box falls outside the image."""
+    """The edges of an ego-frame box ``(x, y, z, l, w, h, yaw)`` in an image's pixels, (E, 2, 2) as ``[edge, end,
+    (u, v)]``, cut at ``near`` metres in front of the camera (an edge reaching behind it is drawn up to there), or
+    None when nothing of the box is in front of the camera or it falls outside the image."""
     corners = transform_points(camera_from_ego, box_corners(np.asarray(box, np.float64)[None])[0])
-    if (corners[:, 2] < near).any():
+    segments = clip_edges(corners, near)
+    if not segments:
         return None
-    pixels = corners @ np.asarray(intrinsics, np.float64).T
-    uv = pixels[:, :2] / pixels[:, 2:3]
-    if uv[:, 0].max() < 0 or uv[:, 0].min() > width or uv[:, 1].max() < 0 or uv[:, 1].min() > height:
+    pixels = np.stack([np.stack(segment) for segment in segments]) @ np.asarray(intrinsics, np.float64).T
+    uv = pixels[..., :2] / pixels[..., 2:3]  # (E, 2, 2)
+    if uv[..., 0].max() < 0 or uv[..., 0].min() > width or uv[..., 1].max() < 0 or uv[..., 1].min() > height:
         return None
-    return uv[np.array(BOX_EDGES)]
+    return uv
 
 
 def _draw_box_bev(axes, box, color, linewidth=1.2, linestyle="-"):
@@ -129,8 +132,8 @@ def _detection_list(detections, class_names) -> list[tuple[np.ndarray, float, st
             raise ValueError("detections from post_process hold class ids: pass class_names (the config's)")
         return [(np.asarray(box, np.float64), float(score), class_names[int(label)]) for box, score, label in
                 zip(np.asarray(detections["boxes"]), np.asarray(detections["scores"]), np.asarray(detections["labels"]))]
-    keys = ("x", "y", "z", "length", "width", "height", "yaw")
-    return [(np.array([d["box"][k] for k in keys], np.float64), float(d["score"]), d["label"]) for d in detections]
+    return [(np.array([d["box"][k] for k in BOX_FIELDS], np.float64), float(d["score"]), d["label"])
+            for d in detections]
 
 
 def _figure_image(figure, path: str | None):
@@ -159,13 +162,12 @@ def plot_detections(sample: dict, detections, path: str | None = None, class_nam
         path: write the figure there and return the path; None returns a PIL image.
         score_threshold: draw the detections at or above it.
     """
-    from .image_processing_geomim import open_view  # transformers' image utilities: imported when drawing
+    from .image_processing_geomim import check_cameras, open_view  # transformers' image utilities: when drawing
 
     found = [d for d in _detection_list(detections, class_names) if d[1] >= score_threshold]
-    names = list(class_names) if class_names is not None else sorted({name for _, _, name in found})
     images = [open_view(view, f"images[{n}]") for n, view in enumerate(sample["images"])]
-    intrinsics = np.asarray(sample["intrinsics"], np.float64)
-    camera_from_ego = invert_rigid(ego_from_camera_of(sample))
+    intrinsics, ego_from_camera = check_cameras(sample["intrinsics"], ego_from_camera_of(sample), len(images))
+    camera_from_ego = invert_rigid(ego_from_camera)
     truth = np.asarray(sample.get("boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
     views = len(images)
     columns = (views + 1) // 2
@@ -175,7 +177,7 @@ def plot_detections(sample: dict, detections, path: str | None = None, class_nam
         axes = figure.add_subplot(grid[view // columns, view % columns])
         axes.imshow(image)
         boxes = [(box, "black", "--", 0.7) for box in truth] + \
-            [(box, class_color(name, names), "-", 1.0) for box, _, name in found]
+            [(box, class_color(name), "-", 1.0) for box, _, name in found]
         for box, color, style, width in boxes:
             edges = project_box_edges(box, camera_from_ego[view], intrinsics[view], image.width, image.height)
             for edge in [] if edges is None else edges:
@@ -193,18 +195,18 @@ def plot_detections(sample: dict, detections, path: str | None = None, class_nam
     for box in truth:
         _draw_box_bev(axes, box, "black", linewidth=0.9, linestyle="--")
     for box, score, name in found:
-        _draw_box_bev(axes, box, class_color(name, names))
-        axes.text(box[0], box[1], f"{score:.2f}", fontsize=6, color=class_color(name, names))
+        _draw_box_bev(axes, box, class_color(name))
+        axes.text(box[0], box[1], f"{score:.2f}", fontsize=6, color=class_color(name))
     for view in range(views):  # the cameras, looking along their z axis
-        position, forward = np.linalg.inv(camera_from_ego[view])[:2, 3], np.linalg.inv(camera_from_ego[view])[:2, 2]
+        position, forward = ego_from_camera[view, :2, 3], ego_from_camera[view, :2, 2]
         axes.annotate("", position + 3.0 * forward / max(np.linalg.norm(forward), 1e-9), position,
                       arrowprops={"arrowstyle": "->", "color": "0.3", "linewidth": 0.8})
     axes.plot(0, 0, "k^", markersize=8)
     axes.set_xlim(-bev_range, bev_range)
     axes.set_ylim(-bev_range, bev_range)
     axes.set_aspect("equal")
-    shown = sorted({name for _, _, name in found}, key=names.index)
-    handles = [plt.Line2D([], [], color=class_color(n, names), label=n) for n in shown]
+    shown = dict.fromkeys(name for _, _, name in found)  # in the order of their first detection
+    handles = [plt.Line2D([], [], color=class_color(name), label=name) for name in shown]
     if len(truth):
         handles.append(plt.Line2D([], [], color="black", linestyle="--", label="ground truth"))
     if handles:

@@ -95,8 +95,10 @@ def test_a_segmenter_exports_its_logits(tmp_path):
         assert torch.allclose(logits, model(**inputs).logits, atol=1e-5)
 
 
-def test_export_arguments_are_checked(exported_dir, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--model", str(exported_dir), "--format", "onnx", "--output", str(tmp_path / "x.onnx"), "--opset", "13"])
-    with pytest.raises(SystemExit):
-        main(["--model", str(exported_dir), "--format", "tensorrt", "--output", str(tmp_path / "x.plan")])
+def test_export_arguments_are_checked(exported_dir, tmp_path, capsys):
+    for arguments, message in ((["--format", "onnx", "--opset", "13"], "--opset must be >= 16"),
+                               (["--format", "tensorrt"], "invalid choice: 'tensorrt'"),
+                               (["--format", "onnx", "--num-views", "0"], "--num-views must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(["--model", str(exported_dir), "--output", str(tmp_path / "model.onnx"), *arguments])
+        assert message in capsys.readouterr().err

@@ -195,8 +195,13 @@ def test_bad_inputs_are_named():
         processor(views, intrinsics * 2, ego_from_camera)
     with pytest.raises(ValueError, match=r"images\[1\] has zero size \(0 x 225 pixels\)"):
         processor([views[0], Image.new("RGB", (0, 225)), *views[2:]], intrinsics, ego_from_camera)
-    with pytest.raises(FileNotFoundError, match=r"images\[0\]: no image file at 'missing.jpg'"):
+    with pytest.raises(ValueError, match=r"images\[0\]: file missing.jpg is missing"):
         processor(["missing.jpg", *views[1:]], intrinsics, ego_from_camera)
+    with pytest.raises(ValueError, match=r"images\[2\]: float pixels must lie in \[0, 1\] \(uint8 for 0..255\), got "
+                                         r"\[0, 255\]"):
+        processor([*views[:2], np.asarray(views[2], np.float32), views[3]], intrinsics, ego_from_camera)
+    with pytest.raises(ValueError, match=r"sample 1: prev_intrinsics of view 3 holds NaN"):
+        processor([views, views], [intrinsics, broken], [ego_from_camera, ego_from_camera], input_prefix="prev_")
     with pytest.raises(ValueError, match=r"images\[0\]: expected an image array"):
         processor([np.zeros((5, 5, 2), np.uint8), *views[1:]], intrinsics, ego_from_camera)
     with pytest.raises(ValueError, match="expected N >= 1 views"):

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from geomim_hf import GeoMIMConfig
-from geomim_hf.data.geometry import make_transform
-from geomim_hf.synthetic.sensors import camera_rotation
+from geomim_hf.data.geometry import camera_rotation, make_transform
 from geomim_hf.modeling_geomim import (
     GeoMIMForMaskedBEVModeling,
     GeoMIMModel,

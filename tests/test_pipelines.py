@@ -8,8 +8,9 @@ import torch
 from transformers import pipeline
 
 import geomim_hf  # noqa: F401  (registers the pipelines)
-from geomim_hf import GeoMIMConfig, GeoMIMForBEVSegmentation, GeoMIMImageProcessor
-from geomim_hf.data.geometry import invert_rigid, matrix_to_quaternion, rotation_z, transform_points
+from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMForBEVSegmentation, GeoMIMImageProcessor
+from geomim_hf.data.geometry import BOX_FIELDS, invert_rigid, matrix_to_quaternion, rotation_z, transform_points
+from geomim_hf.modeling_geomim import CAMERA_INPUTS
 from geomim_hf.modeling.view_transformer import LiftSplat
 from geomim_hf.pipelines import BEVMapSegmentationPipeline, BEVObjectDetectionPipeline, model_inputs
 from geomim_hf.synthetic.sensors import cast_lidar_settled, four_camera_rig, nuscenes_rig, render_views
@@ -84,33 +85,41 @@ def test_a_four_camera_rig_lifts_lidar_depth_onto_the_lidar(four_camera_frame):
     assert swapped < 0.9 and splat_share(turned)[0] < 0.9
 
 
+def _box_rows(detections):
+    return [[d["box"][k] for k in BOX_FIELDS] + [d["velocity"]["x"], d["velocity"]["y"], d["score"]]
+            for d in detections]
+
+
 def test_detection_pipeline_on_a_four_camera_rig(detector_dir, four_camera_frame):
     """Views of different sizes, a previous frame, batching: the pipeline's boxes are the model's own decoding of
-    the processor's inputs, in the ego frame, and a batch gives what one sample at a time gives."""
+    the processor's outputs, in the ego frame, and a batch gives what one sample at a time gives."""
     sample, _ = four_camera_frame
     detector = pipeline("bev-object-detection", model=str(detector_dir))
     assert isinstance(detector, BEVObjectDetectionPipeline)
     found = detector(sample, score_threshold=0.0, top_k=20)
     model, processor = detector.model, detector.image_processor
+    current = processor(sample["images"], sample["intrinsics"], sample["ego_from_camera"])
+    previous = processor(sample["prev_images"], sample["intrinsics"], sample["ego_from_camera"])
+    inputs = {**{key: current[key] for key in CAMERA_INPUTS}, **{f"prev_{key}": previous[key] for key in CAMERA_INPUTS},
+              "ego_from_prev_ego": torch.as_tensor(sample["ego_from_prev_ego"], dtype=torch.float32)[None]}
     with torch.no_grad():
-        reference = model.post_process(model(**model_inputs(sample, processor, temporal=True)), score_threshold=0.0,
-                                       top_k=20)[0]
+        reference = model.post_process(model(**inputs), score_threshold=0.0, top_k=20)[0]
     assert len(found) == len(reference["scores"]) > 0
-    for detection, box, score, label in zip(found, reference["boxes"], reference["scores"], reference["labels"]):
+    assert np.allclose(_box_rows(found), torch.cat([reference["boxes"], reference["velocities"],
+                                                    reference["scores"][:, None]], 1).numpy(), atol=1e-5)
+    for detection, label in zip(found, reference["labels"]):
         assert detection["label"] == model.config.class_names[int(label)]
-        assert detection["score"] == pytest.approx(float(score))
-        assert [detection["box"][k] for k in ("x", "y", "z", "length", "width", "height", "yaw")] == \
-            pytest.approx(box.tolist(), abs=1e-5)
         assert abs(detection["box"]["x"]) <= 51.2 and abs(detection["box"]["y"]) <= 51.2
         assert detection["attribute"] is None or detection["attribute"].split(".")[0] in ("vehicle", "cycle",
                                                                                           "pedestrian")
-    moved = {**sample, "ego_from_prev_ego": np.eye(4)}  # the previous frame matters to a temporal model
-    assert detector(moved, score_threshold=0.0, top_k=20) != found
-    batched = detector([sample, moved, sample], batch_size=2, score_threshold=0.0, top_k=20)
+    still = {**sample, "ego_from_prev_ego": np.eye(4)}  # the previous frame matters to a temporal model
+    alone = detector(still, score_threshold=0.0, top_k=20)
+    assert _box_rows(alone) != _box_rows(found)
+    batched = detector([sample, still, sample], batch_size=2, score_threshold=0.0, top_k=20)
     assert len(batched) == 3
-    for one, other in zip(batched, [found, detector(moved, score_threshold=0.0, top_k=20), found]):
+    for one, other in zip(batched, [found, alone, found]):
         assert [d["label"] for d in one] == [d["label"] for d in other]
-        assert [d["score"] for d in one] == pytest.approx([d["score"] for d in other], abs=1e-5)
+        assert np.allclose(_box_rows(one), _box_rows(other), atol=1e-4)
 
 
 def test_rotation_and_translation_instead_of_ego_from_camera(detector_dir, four_camera_frame):
@@ -123,11 +132,13 @@ def test_rotation_and_translation_instead_of_ego_from_camera(detector_dir, four_
         alternative = {"images": sample["images"], "intrinsics": sample["intrinsics"],
                        "ego_from_camera_rotation": rotation,
                        "ego_from_camera_translation": sample["ego_from_camera"][:, :3, 3]}
-        assert [d["score"] for d in detector(alternative, score_threshold=0.0)] == \
-            pytest.approx([d["score"] for d in reference], abs=1e-5)
+        assert np.allclose(_box_rows(detector(alternative, score_threshold=0.0)), _box_rows(reference), atol=1e-5)
+    with pytest.raises(ValueError, match="gives its camera poses once"):
+        detector({**current, "ego_from_camera_rotation": sample["ego_from_camera"][:, :3, :3],
+                  "ego_from_camera_translation": sample["ego_from_camera"][:, :3, 3]})
 
 
-def test_pipeline_inputs_are_checked(detector_dir, four_camera_frame):
+def test_pipeline_inputs_are_checked(detector_dir, four_camera_frame, tmp_path):
     sample, _ = four_camera_frame
     detector = pipeline("bev-object-detection", model=str(detector_dir))
     with pytest.raises(ValueError, match=r"unknown sample keys \['extrinsics'\]"):
@@ -138,10 +149,35 @@ def test_pipeline_inputs_are_checked(detector_dir, four_camera_frame):
         detector({"images": sample["images"], "intrinsics": sample["intrinsics"]})
     with pytest.raises(ValueError, match="prev_images need ego_from_prev_ego"):
         detector({k: v for k, v in sample.items() if k != "ego_from_prev_ego"})
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.2
+    with pytest.raises(ValueError, match="ego_from_prev_ego: expected a finite rigid"):
+        detector({**sample, "ego_from_prev_ego": sheared})
     with pytest.raises(ValueError, match=r"intrinsics: expected shape \(N, 3, 3\) = \(4, 3, 3\) for 4 images"):
         detector({**sample, "intrinsics": sample["intrinsics"][:3]})
+    with pytest.raises(ValueError, match=r"prev_intrinsics: expected shape \(N, 3, 3\) = \(3, 3, 3\) for 3 images"):
+        detector({**sample, "prev_images": sample["prev_images"][:3]})
+    with pytest.raises(TypeError, match="images: expected a list of N >= 1 views"):
+        detector({**sample, "images": "front.jpg"})
     with pytest.raises(TypeError, match="a sample is a dict"):
         detector([sample["images"]])
+    two_views = {"images": sample["images"][:2], "intrinsics": sample["intrinsics"][:2],
+                 "ego_from_camera": sample["ego_from_camera"][:2]}
+    with pytest.raises(ValueError, match=r"stacks samples with as many views each, got view counts \[4, 2\]"):
+        detector([sample, two_views], batch_size=2)
+    GeoMIMForBEVSegmentation(GeoMIMConfig.from_preset("geomim-tiny")).save_pretrained(tmp_path / "segmenter")
+    with pytest.raises(ValueError, match=r"BEVObjectDetectionPipeline runs a GeoMIMForBEVDetection, got a model "
+                                         r"saved as \['GeoMIMForBEVSegmentation'\]"):
+        pipeline("bev-object-detection", model=str(tmp_path / "segmenter"))
+
+
+def test_a_folder_without_its_processor_gets_the_models_input_size(tmp_path, four_camera_frame):
+    sample, _ = four_camera_frame
+    config = GeoMIMConfig.from_preset("geomim-tiny", image_size=(96, 256), det_temporal=False)
+    GeoMIMForBEVDetection(config).save_pretrained(tmp_path)
+    detector = pipeline("bev-object-detection", model=str(tmp_path))
+    assert tuple(detector.image_processor.image_size) == (96, 256)
+    assert isinstance(detector({k: sample[k] for k in ("images", "intrinsics", "ego_from_camera")}), list)
 
 
 def test_segmentation_pipeline_gives_the_models_probabilities(tmp_path, four_camera_frame):
@@ -170,11 +206,11 @@ def test_pipeline_from_a_hub_id_offline(detector_dir, tmp_path):
     script = """
 import numpy as np, geomim_hf
 from transformers import pipeline
+from geomim_hf.data.geometry import camera_rotation, make_transform
 detector = pipeline("bev-object-detection", model="org/geomim-tiny")
 views = [np.full((90, 160, 3), 100, np.uint8), np.full((120, 160, 3), 50, np.uint8)]
 intrinsics = np.array([[[100.0, 0, 80], [0, 100.0, 45], [0, 0, 1]], [[120.0, 0, 80], [0, 120.0, 60], [0, 0, 1]]])
-ego_from_camera = np.tile(np.eye(4), (2, 1, 1))
-ego_from_camera[:, :3, :3] = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]
+ego_from_camera = np.tile(make_transform(camera_rotation(0.0), [1.0, 0.0, 1.5]), (2, 1, 1))
 found = detector({"images": views, "intrinsics": intrinsics, "ego_from_camera": ego_from_camera}, score_threshold=0)
 print(type(detector).__name__, type(detector.image_processor).__name__, len(found) > 0, sorted(found[0]))
 """

@@ -98,6 +98,35 @@ def wrap_angle(angle: np.ndarray | float) -> np.ndarray:
     return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
 
 
+# A box's seven numbers by name, as the pipelines report them: metres, the yaw in radians from x towards y.
+BOX_FIELDS = ("x", "y", "z", "length", "width", "height", "yaw")
+# The 12 edges of a box as pairs of :func:`box_corners` indices: the bottom face, the top face, the uprights.
+BOX_EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
+
+
+def camera_rotation(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
+    """ego_from_camera rotation of a camera looking along ``yaw`` (camera x right, y down, z forward)."""
+    ego_from_forward = rotation_from_euler(roll, pitch, yaw)  # forward frame: x ahead, y left, z up
+    forward_from_camera = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    return ego_from_forward @ forward_from_camera
+
+
+def clip_edges(points_camera: np.ndarray, near: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The parts of a box's edges in front of the plane ``z = near`` in the camera frame: (8, 3) corners in, a
+    list of (start, end) points out, an edge crossing the plane cut where it crosses."""
+    segments = []
+    for a, b in BOX_EDGES:
+        start, end = points_camera[a], points_camera[b]
+        if start[2] < near and end[2] < near:
+            continue
+        if start[2] < near or end[2] < near:
+            alpha = (near - start[2]) / (end[2] - start[2])
+            crossing = start + alpha * (end - start)
+            start, end = (crossing, end) if start[2] < near else (start, crossing)
+        segments.append((start, end))
+    return segments
+
+
 def box_corners(boxes: np.ndarray) -> np.ndarray:
     """Corners of (K, 7) boxes ``(x, y, z, l, w, h, yaw)``. Returns (K, 8, 3).
 
@@ -133,6 +162,9 @@ def ego_from_camera_of(sample: dict) -> np.ndarray:
     ``ego_from_camera_rotation`` ((N, 3, 3) matrices or (N, 4) quaternions, as nuScenes' calibrated_sensor) and
     ``ego_from_camera_translation`` (N, 3) stacked."""
     if "ego_from_camera" in sample:
+        if "ego_from_camera_rotation" in sample or "ego_from_camera_translation" in sample:
+            raise ValueError("a sample gives its camera poses once: ego_from_camera, or ego_from_camera_rotation and "
+                             "ego_from_camera_translation, not both")
         return np.asarray(sample["ego_from_camera"], np.float64)
     if "ego_from_camera_rotation" not in sample or "ego_from_camera_translation" not in sample:
         raise ValueError("a sample needs ego_from_camera (N, 4, 4), or ego_from_camera_rotation ((N, 3, 3) or (N, 4) "

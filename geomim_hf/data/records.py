@@ -103,11 +103,18 @@ def check_rigid(value, where: str) -> np.ndarray:
     """A finite rigid transform (4, 4) given as 16 row-major values: orthonormal rotation with
     determinant 1 and last row (0, 0, 0, 1), or a :class:`SampleError` naming ``where``."""
     matrix = check_matrix(value, (16,), where).reshape(4, 4)
-    rotation = matrix[:3, :3]
-    if (np.abs(rotation.T @ rotation - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(rotation) - 1.0) > 1e-3
-            or np.abs(matrix[3] - (0.0, 0.0, 0.0, 1.0)).max() > 1e-6):
+    if not is_rigid(matrix):
         raise SampleError(f"{where} is not a rigid transform: {matrix.tolist()}")
     return matrix
+
+
+def is_rigid(matrices: np.ndarray) -> np.ndarray:
+    """Whether each finite (..., 4, 4) transform is rigid: rotation R orthonormal and det R = 1 within 1e-3 (float32
+    calibrations), last row (0, 0, 0, 1) within 1e-6. The one rule the loaders and the image processor share."""
+    rotation = matrices[..., :3, :3]
+    orthonormal = np.abs(np.swapaxes(rotation, -1, -2) @ rotation - np.eye(3)).max((-2, -1)) <= 1e-3
+    proper = np.abs(np.linalg.det(rotation) - 1.0) <= 1e-3
+    return orthonormal & proper & (np.abs(matrices[..., 3, :] - (0.0, 0.0, 0.0, 1.0)).max(-1) <= 1e-6)
 
 
 def check_box_size(value, where: str) -> np.ndarray:

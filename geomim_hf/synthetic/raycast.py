@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..data.geometry import box_corners, invert_rigid, transform_points
+from ..data.geometry import box_corners, clip_edges, invert_rigid, transform_points
 
 # Surface kinds: they choose the texture painted on a box face.
 KIND_VEHICLE, KIND_PERSON, KIND_CYCLE, KIND_CONE, KIND_BARRIER, KIND_BUILDING = range(6)
@@ -152,14 +152,7 @@ def _projected_extent(box: np.ndarray, camera_from_global: np.ndarray, intrinsic
     in_front = corners[:, 2] > NEAR_PLANE
     if not in_front.any():
         return None
-    points = [corners[in_front]]
-    if not in_front.all():  # clip the 12 edges at the near plane
-        edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
-        for a, b in edges:
-            if in_front[a] != in_front[b]:
-                alpha = (NEAR_PLANE - corners[a, 2]) / (corners[b, 2] - corners[a, 2])
-                points.append((corners[a] + alpha * (corners[b] - corners[a]))[None])
-    points = np.concatenate(points)
+    points = np.concatenate([np.stack(segment) for segment in clip_edges(corners, NEAR_PLANE)])  # the 12 edges
     pixels = points @ intrinsics.T
     u, v = pixels[:, 0] / pixels[:, 2], pixels[:, 1] / pixels[:, 2]
     u0, u1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, width)

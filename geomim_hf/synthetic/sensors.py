@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.geometry import make_transform, points_in_boxes, rotation_from_euler, transform_points
+from ..data.geometry import camera_rotation, make_transform, points_in_boxes, rotation_from_euler, transform_points
 from .raycast import cast_lidar
 from .world import Scene
 
@@ -46,13 +46,6 @@ class LidarSpec:
 class SensorRig:
     cameras: list[CameraSpec]
     lidar: LidarSpec
-
-
-def camera_rotation(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
-    """ego_from_camera rotation of a camera looking along ``yaw`` (x right, y down, z forward)."""
-    ego_from_forward = rotation_from_euler(roll, pitch, yaw)  # forward frame: x ahead, y left, z up
-    forward_from_camera = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    return ego_from_forward @ forward_from_camera
 
 
 def _intrinsics(focal: float, cx: float, cy: float) -> np.ndarray:

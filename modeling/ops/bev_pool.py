@@ -260,18 +260,19 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, indices: BevPoolIndices
 
 def scatter_pool(depth: torch.Tensor, context: torch.Tensor, cell_index: torch.Tensor,
                  grid_size: tuple[int, int]) -> torch.Tensor:
-    """The same pooling as :func:`bev_pool` from the cell of every frustum point, for exporters: one scatter-add
-    (ONNX ``ScatterElements``, reduction ``add``) with no sort, no precomputed indices and no custom op, so the
-    geometry can be a graph input. It materialises the lifted (B, N*D*H*W, C) products that the op avoids.
+    """The same pooling as :func:`bev_pool` from the cell of every frustum point, for exporters: one indexed add
+    (ONNX ``ScatterND``, reduction ``add``) with no sort, no precomputed indices and no custom op, so the geometry
+    can be a graph input. It materialises the lifted (B * N*D*H*W, C) products that the op avoids.
 
     depth: (B, N, D, H, W); context: (B, N, C, H, W); cell_index: (B, N, D, H, W) long, the flat cell ``y * X + x``,
     -1 outside the grid. Returns (B, C, Y, X).
     """
     batch, views, channels, height, width = context.shape
     num_cells = grid_size[0] * grid_size[1]
-    cells = torch.where(cell_index < 0, num_cells, cell_index).reshape(batch, -1)  # outside: one spill cell
+    cells = torch.where(cell_index < 0, num_cells, cell_index).reshape(batch, -1)  # outside: one spill cell a sample
+    rows = (cells + torch.arange(batch, device=cells.device)[:, None] * (num_cells + 1)).reshape(-1)  # (B * P,)
     lifted = depth.unsqueeze(3) * context.unsqueeze(2)  # (B, N, D, C, H, W)
-    lifted = lifted.permute(0, 1, 2, 4, 5, 3).reshape(batch, -1, channels).to(accumulation_dtype(context.dtype))
-    out = lifted.new_zeros(batch, num_cells + 1, channels).scatter_add(1, cells[..., None].expand(-1, -1, channels),
-                                                                       lifted)
-    return out[:, :num_cells].to(context.dtype).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
+    lifted = lifted.permute(0, 1, 2, 4, 5, 3).reshape(-1, channels).to(accumulation_dtype(context.dtype))
+    out = lifted.new_zeros(batch * (num_cells + 1), channels).index_put_((rows,), lifted, accumulate=True)
+    out = out.view(batch, num_cells + 1, channels)[:, :num_cells]
+    return out.to(context.dtype).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)

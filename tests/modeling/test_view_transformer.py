@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from geomim_hf.data.geometry import make_transform
-from geomim_hf.synthetic.sensors import camera_rotation
+from geomim_hf.data.geometry import camera_rotation, make_transform
 from geomim_hf.modeling.grids import BevGrid, DepthBins
 from geomim_hf.modeling.ops.bev_pool import TENSOR_FIELDS
-from geomim_hf.modeling.view_transformer import LiftSplat, camera_vector
+from geomim_hf.modeling.view_transformer import LiftSplat, camera_vector, invert_3x3
 
 
 def _lift_splat():
@@ -89,3 +88,11 @@ def test_camera_vector_layout():
     assert vector.shape == (1, 1, 22)
     expected = torch.tensor([100, 110, 50, 40, 0.5, 0.1, -3, -0.1, 0.5, 4, *range(12)], dtype=torch.float32)
     torch.testing.assert_close(vector[0, 0], expected)
+
+
+def test_invert_3x3_is_the_inverse():
+    generator = torch.Generator().manual_seed(0)
+    matrices = torch.randn(50, 3, 3, generator=generator, dtype=torch.float64) + 3 * torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(invert_3x3(matrices), torch.linalg.inv(matrices))
+    intrinsics = torch.tensor([[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(invert_3x3(intrinsics) @ intrinsics, torch.eye(3, dtype=torch.float64))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geomim_hf.data.geometry import make_transform, points_in_boxes
+from geomim_hf.data.geometry import camera_rotation, make_transform, points_in_boxes
 from geomim_hf.synthetic.raycast import (
     HAZE,
     HAZE_DISTANCE,
@@ -11,7 +11,6 @@ from geomim_hf.synthetic.raycast import (
     intersect_box,
     render_camera,
 )
-from geomim_hf.synthetic.sensors import camera_rotation
 
 
 class FlatGround:

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from geomim_hf.modeling.ops import bev_pool, pool_indices, resolve_backend
+from geomim_hf.modeling.ops import bev_pool, pool_indices, resolve_backend, scatter_pool
 from tests.helpers import devices, skip_unless_kernel_runs
 
 BACKENDS = ["torch", "triton"]  # triton runs under TRITON_INTERPRET=1 on the CPU (set in conftest)
@@ -44,6 +44,18 @@ def test_bev_pool_matches_loop_in_values_and_gradients(backend, device):
     actual = bev_pool(depth, context, indices, grid, backend=backend)
     assert actual.device.type == device
     expected = _loop(depth, context, cells, grid).to(device)
+    torch.testing.assert_close(actual, expected)
+    weights = torch.randn_like(expected)
+    grads = [torch.autograd.grad((t * weights).sum(), (depth, context)) for t in (actual, expected)]
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference)
+
+
+def test_scatter_pool_matches_loop_in_values_and_gradients():
+    """The exporters' pooling (every point scattered, a spill cell for the -1s) is the same sum as the loop's."""
+    depth, context, cells, grid = _problem()
+    actual = scatter_pool(depth, context, cells, grid)
+    expected = _loop(depth, context, cells, grid)
     torch.testing.assert_close(actual, expected)
     weights = torch.randn_like(expected)
     grads = [torch.autograd.grad((t * weights).sum(), (depth, context)) for t in (actual, expected)]
