@@ -1,6 +1,8 @@
-"""Evaluate a GeoMIM BEV detector (official devkit) or BEV map segmenter (BEVFusion's mIoU) on a nuScenes split.
+"""Evaluate a GeoMIM BEV detector (official devkit) or BEV map segmenter (BEVFusion's mIoU) on a nuScenes split,
+or a Waymo detector (LET-3D-AP, APL and APH) on a Waymo v2 split.
 
     python examples/evaluate.py --model OUT/detector --dataroot DIR --version v1.0-mini --split mini_val --plot 4
+    python examples/evaluate.py --model OUT/waymo_detector --dataset waymo --dataroot WAYMO --split validation
 
 The task comes from the model's ``config.json`` (its ``architectures``). Prints the metric table, writes
 ``metrics.json`` (and for a detector the devkit's result JSON) to ``--output-dir`` (default: the model folder),
@@ -18,8 +20,9 @@ import torch
 
 import geomim_hf  # noqa: F401  (registers the geomim model type)
 from geomim_hf import GeoMIMImageProcessor
-from geomim_hf.data import load_nuscenes
+from geomim_hf.data import load_nuscenes, load_waymo
 from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter, predict_detections, predict_map_segmentation
+from geomim_hf.evaluation.waymo import evaluate_waymo_detector
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVSegmentation, load_bev_model
 from geomim_hf.training import compile_regions
@@ -29,9 +32,10 @@ from geomim_hf.visualize import plot_detections, plot_map_segmentation
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a GeoMIMForBEVDetection or GeoMIMForBEVSegmentation folder")
+    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes", "waymo"])
     parser.add_argument("--dataroot", required=True)
-    parser.add_argument("--version", default="v1.0-trainval")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--version", default="v1.0-trainval", help="nuScenes' version")
+    parser.add_argument("--split", default="val", help="nuScenes' split, or a Waymo split folder (validation)")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--score-threshold", type=float, default=0.05, help="boxes kept for the devkit")
@@ -52,9 +56,15 @@ def main(argv=None) -> None:
     precision = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
     autocast = torch.autocast(torch.device(args.device).type, dtype=precision, enabled=precision is not None)
     segmenter = isinstance(model, GeoMIMForBEVSegmentation)
+    waymo = args.dataset == "waymo"
+    if waymo and segmenter:
+        parser.error("--dataset waymo scores detectors: the Waymo release has no map to segment")
     processor = GeoMIMImageProcessor.from_pretrained(args.model)
     with autocast:
-        if segmenter:
+        if waymo:
+            metrics = evaluate_waymo_detector(model, args.dataroot, args.split, processor, batch_size=args.batch_size,
+                                              score_threshold=args.score_threshold)
+        elif segmenter:
             metrics = evaluate_segmenter(model, args.dataroot, args.version, args.split, processor,
                                          batch_size=args.batch_size)
         else:
@@ -63,10 +73,13 @@ def main(argv=None) -> None:
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results
-        create_model_card(args.model, metrics=metrics, eval_version=args.version, eval_split=args.split)
+        create_model_card(args.model, metrics=metrics, eval_dataset="Waymo Open Dataset" if waymo else "nuScenes",
+                          eval_version="v2" if waymo else args.version, eval_split=args.split,
+                          datasets=("waymo_open_dataset",) if waymo else ("nuscenes",))
     if args.plot:  # the first samples again, kept with their rows for the pictures
-        rows = load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names,
-                             map_masks=segmenter)
+        rows = load_waymo(args.dataroot, args.split, classes=model.config.class_names, boxes="camera") if waymo \
+            else load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names,
+                               map_masks=segmenter)
         rows = rows.select(range(min(args.plot, len(rows))))
         if segmenter:
             probabilities = predict_map_segmentation(model, rows, processor, args.batch_size)

@@ -4,7 +4,10 @@
         --val-split mini_val --init OUT/geomim --output-dir OUT/detector --max-steps 2000
 
 ``--init`` is a GeoMIM checkpoint folder (the pretrained encoder loads, the detector heads start
-fresh) or ``scratch`` for a randomly initialised encoder with ``--model-config``. The official
+fresh) or ``scratch`` for a randomly initialised encoder with ``--model-config``. ``--dataset waymo`` trains on a
+Waymo v2 root instead (its five cameras at their own resolutions and its three classes, against the camera-synced
+boxes, scored with LET-3D-AP; the config records the classes and camera count): a nuScenes-pretrained encoder
+initialises it as it does a nuScenes detector. The official
 recipe: class-balanced sampling (CBGS), EMA of the weights with BEVDet's warm-up ramp (evaluated
 and saved), AdamW 2e-4 with weight decay 0.05, layer-wise learning-rate decay 0.8 over the encoder
 blocks, 200 warmup steps, gradient clipping at 5, drop path 0.2. The final (EMA) detector is saved
@@ -26,10 +29,12 @@ from accelerate.logging import get_logger
 from torch.optim.swa_utils import AveragedModel
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor
-from geomim_hf.data import load_nuscenes, make_dataloader
+from geomim_hf.data import load_nuscenes, load_waymo, make_dataloader
+from geomim_hf.data.classes import WAYMO_CLASSES
 from geomim_hf.data.maps import MapRasterizer
 from geomim_hf.data.pipeline import class_balanced_indices
 from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter
+from geomim_hf.evaluation.waymo import evaluate_waymo_detector
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVDetection, GeoMIMForBEVSegmentation
 from geomim_hf.training import (
@@ -63,7 +68,28 @@ class Task:
     evaluate: Callable  # (model, args, output_dir, processor, verbose) -> metrics
 
 
+# Waymo's split folders; the nuScenes names stand for them too, so the defaults work for both.
+WAYMO_SPLITS = {"train": "training", "val": "validation"}
+WAYMO_CAMERAS = 5
+WAYMO_HEADLINE = "LET-3D-APL/LEVEL_2"
+
+
+def dataset_split(args, split: str) -> str:
+    return WAYMO_SPLITS.get(split, split) if args.dataset == "waymo" else split
+
+
+def load_rows(args, split: str, classes, map_masks: bool = False):
+    """The rows of a split of --dataset: nuScenes keyframes, or Waymo frames with their camera-synced boxes."""
+    if args.dataset == "waymo":
+        return load_waymo(args.dataroot, dataset_split(args, split), sweeps=args.sweeps, classes=classes,
+                          boxes="camera")
+    return load_nuscenes(args.dataroot, args.version, split, sweeps=args.sweeps, classes=classes, map_masks=map_masks)
+
+
 def _evaluate_detection(model, args, output_dir, processor, verbose=True) -> dict:
+    if args.dataset == "waymo":
+        return evaluate_waymo_detector(model, args.dataroot, dataset_split(args, args.val_split), processor,
+                                       batch_size=args.batch_size, verbose=verbose)
     return evaluate_detector(model, args.dataroot, args.version, args.val_split, output_dir, processor, sweeps=0,
                              batch_size=args.batch_size, verbose=verbose)
 
@@ -82,7 +108,7 @@ SEGMENTATION = Task("segmentation", GeoMIMForBEVSegmentation, ("segmentation_los
 def parse_args(argv=None, description: str = __doc__):
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     add_training_arguments(parser, max_steps=2000, batch_size=4, learning_rate=2e-4, warmup_steps=200,
-                           logging_steps=20)
+                           logging_steps=20, datasets=("nuscenes", "waymo"))
     # BEVDepth supervises depth with the keyframe's own points: merged sweeps smear moving objects.
     parser.set_defaults(max_grad_norm=5.0, weight_decay=0.05, sweeps=0)
     parser.add_argument("--val-split", default="val", help="evaluated with the devkit at the end ('' to skip)")
@@ -114,6 +140,8 @@ def parse_args(argv=None, description: str = __doc__):
 def build_model(args, task: Task = DETECTION):
     overrides = GeoMIMConfig.from_preset_or_folder(args.head_config).finetuning_fields() if args.head_config else {}
     overrides.update({"drop_path_rate": args.drop_path_rate, "det_temporal": not args.no_temporal})
+    if args.dataset == "waymo":  # the config records what the detector was trained on
+        overrides.update({"class_names": WAYMO_CLASSES, "num_views": WAYMO_CAMERAS})
     if args.out_indices:
         overrides["out_indices"] = tuple(args.out_indices)
     if args.init == "scratch":
@@ -134,6 +162,8 @@ def build_model(args, task: Task = DETECTION):
 def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
     """Finetune for ``task`` (``examples/finetune_segmentation.py`` runs this with :data:`SEGMENTATION`)."""
     args = parse_args(argv, description)
+    if args.dataset == "waymo" and task.map_masks:
+        raise SystemExit("--dataset waymo: the Waymo release has no map; BEV map segmentation trains on nuScenes")
     accelerator = make_accelerator(args.output_dir, args.mixed_precision, args.gradient_accumulation_steps,
                                    args.report_to, args.seed)
     model = build_model(args, task)
@@ -141,8 +171,7 @@ def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
         model.freeze_encoder()
     config = model.config
     with accelerator.main_process_first():
-        rows = load_nuscenes(args.dataroot, args.version, args.train_split, sweeps=args.sweeps,
-                             classes=config.class_names, map_masks=task.map_masks)
+        rows = load_rows(args, args.train_split, config.class_names, map_masks=task.map_masks)
     processor = GeoMIMImageProcessor(image_size=config.image_size, depth_stride=model.feature_stride,
                                      jpeg_draft=not args.full_jpeg_decode)
     cbgs = task.class_balanced and not args.no_cbgs
@@ -203,8 +232,11 @@ def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
             record_curve_point(args.output_dir, args.max_steps, metrics)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
-        create_model_card(args.output_dir, metrics=metrics if args.val_split else None, eval_version=args.version,
-                          eval_split=args.val_split, training=training_summary(
+        waymo = args.dataset == "waymo"
+        create_model_card(args.output_dir, metrics=metrics if args.val_split else None,
+                          eval_dataset="Waymo Open Dataset" if waymo else "nuScenes",
+                          eval_version="v2" if waymo else args.version, eval_split=dataset_split(args, args.val_split),
+                          datasets=("waymo_open_dataset",) if waymo else ("nuscenes",), training=training_summary(
                               args, accelerator, seconds, schedule, init=args.init, cbgs=cbgs,
                               ema=f"{args.ema_decay} (ramp {args.ema_ramp_steps:g})", layer_decay=args.layer_decay,
                               temporal=config.det_temporal, frozen_encoder=args.freeze_encoder))
@@ -218,8 +250,8 @@ def score_on_the_way(args, accelerator, model, processor, step: int, task: Task 
         os.makedirs(folder, exist_ok=True)
         metrics = task.evaluate(model, args, folder, processor, verbose=False)
         record_curve_point(args.output_dir, step, metrics)
-        logger.info(f"step {step}: {task.headline} {metrics[task.headline]:.4f} on {args.val_split}",
-                    main_process_only=True)
+        headline = WAYMO_HEADLINE if args.dataset == "waymo" else task.headline
+        logger.info(f"step {step}: {headline} {metrics[headline]:.4f} on {args.val_split}", main_process_only=True)
     accelerator.wait_for_everyone()
 
 

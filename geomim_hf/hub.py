@@ -42,6 +42,22 @@ def detection_eval_results(metrics: dict, dataset_name: str, version: str, split
             for key, kind in SUMMARY_METRICS.items()]
 
 
+# Waymo's camera-only headline metrics (LET-3D-AP, ``geomim_hf.evaluation.waymo``): the class means at LEVEL_2.
+LET_SUMMARY_METRICS = {"LET-3D-APL/LEVEL_2": "let-3d-apl", "LET-3D-AP/LEVEL_2": "let-3d-ap",
+                       "LET-3D-APH/LEVEL_2": "let-3d-aph"}
+
+
+def let_eval_results(metrics: dict, dataset_name: str, version: str, split: str) -> list[EvalResult]:
+    """Waymo's LET-3D metrics (``evaluate_waymo_detector``) as ``model-index`` entries: the LEVEL_2 class means and
+    each class's LET-3D-APL."""
+    keys = [*LET_SUMMARY_METRICS, *sorted(key for key in metrics if key.startswith("LET-3D-APL/")
+                                           and key.endswith("/LEVEL_2") and key.count("/") == 2)]
+    return [EvalResult(task_type="object-detection", task_name="3D object detection", dataset_type="waymo",
+                       dataset_name=dataset_name, dataset_config=version, dataset_split=split,
+                       metric_type=LET_SUMMARY_METRICS.get(key, "let-3d-apl"), metric_name=key,
+                       metric_value=round(float(metrics[key]), 4)) for key in keys]
+
+
 def segmentation_eval_results(metrics: dict, dataset_name: str, version: str, split: str) -> list[EvalResult]:
     """BEVFusion's map-segmentation metrics (``evaluate_segmenter``): mIoU and each class's IoU."""
     keys = ["mIoU", *sorted(key for key in metrics if key.startswith("IoU/"))]
@@ -62,8 +78,8 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
     Args:
         model_dir: a ``save_pretrained`` folder (its ``config.json`` names the architecture).
         repo_id: the Hub id the usage snippet loads (default ``your-org/<folder name>``).
-        metrics: the devkit's metrics (``evaluate_nuscenes``), or a segmenter's (``evaluate_segmenter``); they
-            become the ``model-index``.
+        metrics: the devkit's metrics (``evaluate_nuscenes``), a segmenter's (``evaluate_segmenter``) or Waymo's
+            LET-3D metrics (``evaluate_waymo_detector``); they become the ``model-index``.
         eval_dataset, eval_version, eval_split: what ``metrics`` were measured on.
         training: how the model was trained (steps, batch size, data, ...), shown as a table and kept in
             ``training_summary.json``, which a later call without ``training`` (e.g. after
@@ -91,16 +107,18 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
             training = json.load(handle)
 
     eval_results = None
+    waymo = bool(metrics) and "LET-3D-APL/LEVEL_2" in metrics
     if metrics:
         if not (eval_version and eval_split):
             raise ValueError("metrics need eval_version and eval_split: the model-index names what was measured")
-        eval_results = (segmentation_eval_results if segmenter else detection_eval_results)(
-            metrics, eval_dataset, eval_version, eval_split)
+        results = segmentation_eval_results if segmenter else let_eval_results if waymo else detection_eval_results
+        eval_results = results(metrics, eval_dataset, eval_version, eval_split)
     data = ModelCardData(library_name="geomim-hf", license=license, pipeline_tag=pipeline_tag,
                          tags=["geomim", "bev", "bev-map-segmentation" if segmenter else "3d-object-detection",
-                               "multi-camera", "nuscenes"],
+                               "multi-camera", "waymo" if waymo else "nuscenes"],
                          datasets=list(datasets), base_model=base_model,
-                         metrics=(["miou"] if segmenter else ["nds", "map"]) if metrics else None,
+                         metrics=(["miou"] if segmenter else ["let-3d-apl", "let-3d-ap"] if waymo else ["nds", "map"])
+                         if metrics else None,
                          model_name=repo_id.split("/")[-1], eval_results=eval_results)
     body = [f"# {repo_id.split('/')[-1]}", "",
             f"A {summary}, from geomim-hf — GeoMIM ([Liu et al., ICCV 2023]({PAPER})): "
@@ -111,6 +129,9 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
             protocol = ("map masks from the devkit's map API, BEVFusion's protocol: per class the best IoU over "
                         "thresholds 0.35-0.65")
             shown = [key for key in metrics if key == "mIoU" or key.startswith("IoU/")]
+        elif waymo:
+            protocol = "camera-only LET-3D-AP against the camera-synced boxes, geomim_hf.evaluation.waymo"
+            shown = [key for key in metrics if key.startswith("LET-3D-")]
         else:
             protocol = "official devkit, detection_cvpr_2019"
             shown = [key for key in metrics if key in SUMMARY_METRICS or key.startswith("AP/")]
@@ -129,7 +150,8 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
     body += ["## Limitations", "",
              "- Trained and evaluated on the data named above only; a synthetic world (the project's test data) "
              "says nothing about real roads, and real nuScenes numbers need the full recipe and data.",
-             "- The camera rig, image size and BEV range are fixed by the config; other rigs need finetuning.",
+             "- The image size and BEV range are fixed by the config. Any camera rig runs (the pipeline reads each "
+             "camera's intrinsics and pose), but accuracy on a rig unlike the training rig is not measured.",
              "- A research model: not for driving decisions.", "",
              "## Citation", "", "```bibtex",
              "@inproceedings{liu2023geomim,",

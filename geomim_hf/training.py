@@ -20,10 +20,12 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 def add_training_arguments(parser, *, max_steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
-                           logging_steps: int) -> None:
+                           logging_steps: int, datasets: tuple[str, ...] = ("nuscenes",)) -> None:
     """The flags every training script takes: data source, schedule, precision, checkpoints, trackers.
-    Defaults that differ between scripts are passed in."""
-    parser.add_argument("--dataset", default="nuscenes", choices=["nuscenes"])
+    Defaults that differ between scripts are passed in, and the datasets the script reads."""
+    parser.add_argument("--dataset", default="nuscenes", choices=list(datasets),
+                        help="nuScenes (--version, splits train/val) or Waymo v2 (splits training/validation; "
+                        "'train' and 'val' name them too)")
     parser.add_argument("--dataroot", required=True)
     parser.add_argument("--version", default="v1.0-trainval")
     parser.add_argument("--train-split", default="train")

@@ -18,7 +18,7 @@ _NAMES = {
     "with_lidar_points": "records",
     "depth_maps": "targets",
     "WAYMO_CAMERA_ORDER": "waymo_dataset",
-    "WAYMO_CLASSES": "waymo_dataset",
+    "WAYMO_CLASSES": "classes",
     "load_waymo": "waymo_dataset",
 }
 

@@ -96,3 +96,6 @@ NUSCENES_VISIBILITY_LEVELS = (
 
 # BEVFusion's BEV map-segmentation classes (drawn from the nuScenes map expansion: geomim_hf.data.maps).
 MAP_CLASSES = ("drivable_area", "ped_crossing", "walkway", "stop_line", "carpark_area", "divider")
+
+# Waymo's detection classes (its label types 1, 2 and 4; signs are not detected), in the order labels index.
+WAYMO_CLASSES = ("vehicle", "pedestrian", "cyclist")

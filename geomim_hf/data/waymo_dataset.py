@@ -7,7 +7,11 @@ yields the sample contract (:mod:`geomim_hf.data.records`), one row per frame.
     val[0]["lidar_points"].shape  # (M, 5), the TOP return 1 of the frame and 2 earlier frames
 
 What is read, per segment: ``camera_image``, ``camera_calibration``, ``lidar`` (TOP, return 1),
-``lidar_calibration``, ``lidar_box`` and ``vehicle_pose``. What is left out: camera distortion
+``lidar_calibration``, ``lidar_box``, ``lidar_camera_synced_box`` and ``vehicle_pose``. Camera models take the
+camera-synced boxes (``boxes="camera"``, the default): each box where its most visible camera saw it, the ground
+truth of Waymo's camera-only evaluation, with the boxes seen by no camera or holding no LiDAR point left out, as
+the release's evaluation does; LiDAR models take the LiDAR-synced boxes (``boxes="lidar"``). What is left out: camera
+distortion
 (``k1``...``k3``, ``p1``, ``p2``; images stay as recorded and ``intrinsics`` is the pinhole part),
 rolling shutter, the TOP LiDAR's per-pixel poses (points are placed with the frame's vehicle pose),
 the other four LiDARs and the second return. LiDAR intensities are Waymo's raw values, not 0-255.
@@ -25,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .classes import WAYMO_CLASSES
 from .geometry import invert_rigid
 from .records import (
     POINT_DIMS,
@@ -52,7 +57,6 @@ from .waymo_schema import (
     TYPE_VEHICLE,
 )
 
-WAYMO_CLASSES = ("vehicle", "pedestrian", "cyclist")
 WAYMO_CAMERA_ORDER = ("FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT")
 # TYPE_SIGN and TYPE_UNKNOWN are not detection classes.
 DEFAULT_TYPE_TO_CLASS = {TYPE_VEHICLE: "vehicle", TYPE_PEDESTRIAN: "pedestrian", TYPE_CYCLIST: "cyclist"}
@@ -70,6 +74,7 @@ RANGE_SHAPE = "[LiDARComponent].range_image_return1.shape"
 LIDAR_EXTRINSIC = "[LiDARCalibrationComponent].extrinsic.transform"
 INCLINATION = "[LiDARCalibrationComponent].beam_inclination.{}"
 BOX = "[LiDARBoxComponent].{}"
+SYNCED_BOX = "[LiDARCameraSyncedBoxComponent].{}"
 WORLD_FROM_VEHICLE = "[VehiclePoseComponent].world_from_vehicle.transform"
 
 # The columns read from each component; real files carry more, which are never loaded.
@@ -81,11 +86,15 @@ COMPONENT_COLUMNS = {
     "lidar_box": [KEY_TIMESTAMP, KEY_OBJECT, BOX.format("type"), BOX.format("num_lidar_points_in_box")]
     + [BOX.format(f"box.{part}.{axis}") for part in ("center", "size") for axis in "xyz"]
     + [BOX.format("box.heading"), BOX.format("speed.x"), BOX.format("speed.y")],
+    "lidar_camera_synced_box": [KEY_TIMESTAMP, KEY_OBJECT, SYNCED_BOX.format("most_visible_camera_name")]
+    + [SYNCED_BOX.format(f"camera_synced_box.{part}.{axis}") for part in ("center", "size") for axis in "xyz"]
+    + [SYNCED_BOX.format("camera_synced_box.heading")],
     "vehicle_pose": [KEY_TIMESTAMP, WORLD_FROM_VEHICLE],
 }
 COMPONENTS = tuple(COMPONENT_COLUMNS)
 # The testing split withholds its labels: without a lidar_box folder every frame has zero boxes.
-OPTIONAL_COMPONENTS = ("lidar_box",)
+OPTIONAL_COMPONENTS = ("lidar_box", "lidar_camera_synced_box")
+BOX_SOURCES = ("camera", "lidar")
 
 
 class WaymoConfig(datasets.BuilderConfig):
@@ -94,10 +103,11 @@ class WaymoConfig(datasets.BuilderConfig):
 
     def __init__(self, *, split: str = "training", sweeps: int = 0, classes: Sequence[str] = WAYMO_CLASSES,
                  type_to_class: tuple[tuple[int, str], ...] = tuple(sorted(DEFAULT_TYPE_TO_CLASS.items())),
-                 on_error: str = "raise", fingerprint: str = "", **kwargs):
+                 boxes: str = "camera", on_error: str = "raise", fingerprint: str = "", **kwargs):
         super().__init__(**kwargs)
         self.split = split
         self.sweeps = sweeps
+        self.boxes = boxes
         self.classes = tuple(classes)
         self.type_to_class = tuple(type_to_class)
         self.on_error = on_error
@@ -133,7 +143,7 @@ class WaymoBuilder(datasets.GeneratorBasedBuilder):
         """(sample token, read) per frame; one segment in memory at a time."""
         for segment in _segments(split_dir):
             reader = _SegmentReader(split_dir, segment, os.path.join(points_dir, segment), self.config.sweeps,
-                                    class_ids)
+                                    class_ids, self.config.boxes)
             for index, timestamp in enumerate(reader.timestamps):
                 yield f"{segment}_{timestamp}", lambda index=index, reader=reader: reader.read(index)
 
@@ -158,7 +168,8 @@ class _SegmentReader:
     """The frames of one segment, each turned into a contract record with every field it reads checked.
     Converts each frame's TOP range image once into a ``.bin`` file of (M, 5) float32 points."""
 
-    def __init__(self, split_dir: str, segment: str, points_dir: str, sweeps: int, class_ids: dict[int, int]):
+    def __init__(self, split_dir: str, segment: str, points_dir: str, sweeps: int, class_ids: dict[int, int],
+                 boxes: str = "camera"):
         self.segment, self.points_dir, self.sweeps, self.class_ids = segment, points_dir, sweeps, class_ids
         top = [(KEY_LASER, "=", TOP_LASER)]
         self.images = _rows_by_frame(_read_component(split_dir, "camera_image", segment).to_pylist())
@@ -166,6 +177,14 @@ class _SegmentReader:
         self.lidar_calibrations = _read_component(split_dir, "lidar_calibration", segment, top).to_pylist()
         labelled = os.path.isdir(os.path.join(split_dir, "lidar_box"))
         self.boxes = _rows_by_frame(_read_component(split_dir, "lidar_box", segment).to_pylist()) if labelled else {}
+        self.synced = None  # (timestamp, object id) -> its camera-synced box row, when camera models read boxes
+        if labelled and boxes == "camera":
+            if not os.path.isdir(os.path.join(split_dir, "lidar_camera_synced_box")):
+                raise FileNotFoundError(f"Waymo component folder {os.path.join(split_dir, 'lidar_camera_synced_box')} "
+                                        "is missing: camera models read the camera-synced boxes (the v2 release has "
+                                        "them; load_waymo(..., boxes='lidar') reads the LiDAR boxes instead)")
+            self.synced = {(row[KEY_TIMESTAMP], row[KEY_OBJECT]): row for row in
+                           _read_component(split_dir, "lidar_camera_synced_box", segment).to_pylist()}
         self.poses = _rows_by_frame(_read_component(split_dir, "vehicle_pose", segment).to_pylist())
         lidar = _read_component(split_dir, "lidar", segment, top)
         # Range images stay in Arrow until converted: a Python list per image would be slow.
@@ -301,14 +320,22 @@ class _SegmentReader:
         for row in self.boxes.get(timestamp, []):
             if row[BOX.format("type")] not in self.class_ids:
                 continue
-            where = f"{self.where(timestamp)}: lidar_box {row[KEY_OBJECT]} field"
-            center = check_matrix([row[BOX.format(f"box.center.{a}")] for a in "xyz"], (3,), f"{where} box.center")
-            size = check_box_size([row[BOX.format(f"box.size.{a}")] for a in "xyz"], f"{where} box.size")
-            heading = check_matrix(row[BOX.format("box.heading")], (), f"{where} box.heading")
+            count = row[BOX.format("num_lidar_points_in_box")] or 0  # null: none counted
+            geometry, column, component, field = row, BOX, "lidar_box", "box"
+            if self.synced is not None:  # camera-only ground truth: seen by a camera and by the LiDAR
+                geometry = self.synced.get((timestamp, row[KEY_OBJECT]))
+                if geometry is None or count <= 0:
+                    continue
+                column, component, field = SYNCED_BOX, "lidar_camera_synced_box", "camera_synced_box"
+            where = f"{self.where(timestamp)}: {component} {row[KEY_OBJECT]} field {field}"
+            center = check_matrix([geometry[column.format(f"{field}.center.{a}")] for a in "xyz"], (3,),
+                                  f"{where}.center")
+            size = check_box_size([geometry[column.format(f"{field}.size.{a}")] for a in "xyz"], f"{where}.size")
+            heading = check_matrix(geometry[column.format(f"{field}.heading")], (), f"{where}.heading")
             boxes.append([*center, *size, heading])  # size.x is the length along the heading
             velocities.append(np.array([row[BOX.format(f"speed.{a}")] for a in "xy"], np.float64))  # null: NaN
             labels.append(self.class_ids[row[BOX.format("type")]])
-            points.append(row[BOX.format("num_lidar_points_in_box")] or 0)  # null: none counted
+            points.append(count)
             instances.append(row[KEY_OBJECT])
 
         return {
@@ -402,6 +429,7 @@ def load_waymo(
     *,
     classes: Sequence[str] = WAYMO_CLASSES,
     type_to_class: Mapping[int | str, str] | None = None,
+    boxes: str = "camera",
     on_error: str = "raise",
     decode_lidar: bool = True,
     cache_dir: str | None = None,
@@ -417,6 +445,9 @@ def load_waymo(
             boxes of other types are left out. Defaults to vehicle, pedestrian and cyclist (signs
             dropped); e.g. ``{"TYPE_VEHICLE": "car", "TYPE_PEDESTRIAN": "pedestrian",
             "TYPE_CYCLIST": "bicycle"}`` with the nuScenes classes.
+        boxes: ``"camera"``: the camera-synced boxes (each where its most visible camera saw it), boxes seen by no
+            camera or holding no LiDAR point left out: camera-only ground truth. ``"lidar"``: every LiDAR box at the
+            LiDAR's time (LiDAR models, a LiDAR teacher).
         on_error: ``"raise"`` stops at the first bad frame; ``"skip"`` leaves such frames out and
             logs how many.
         decode_lidar: attach the transform that adds ``lidar_points`` and NumPy matrices.
@@ -427,12 +458,15 @@ def load_waymo(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if sweeps < 0:
         raise ValueError(f"sweeps must be >= 0, got {sweeps}")
+    if boxes not in BOX_SOURCES:
+        raise ValueError(f"boxes must be one of {BOX_SOURCES}, got {boxes!r}")
     root = os.path.abspath(root)
     type_ids = _type_ids(DEFAULT_TYPE_TO_CLASS if type_to_class is None else type_to_class, classes)
     split_dir = os.path.join(root, split)
     builder = WaymoBuilder(
         cache_dir=cache_dir, data_dir=root, split=split, sweeps=sweeps, classes=tuple(classes),
-        type_to_class=type_ids, on_error=on_error, fingerprint=_split_fingerprint(split_dir, _segments(split_dir)),
+        type_to_class=type_ids, boxes=boxes, on_error=on_error,
+        fingerprint=_split_fingerprint(split_dir, _segments(split_dir)),
     )
     dataset = build_split(builder, split)
     return with_lidar_points(dataset) if decode_lidar else dataset

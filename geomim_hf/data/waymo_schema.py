@@ -82,6 +82,13 @@ SCHEMAS = {
                   + _xyz("speed", pa.float64()) + _xyz("acceleration", pa.float64())
                   + [("difficulty_level.detection", pa.int8()), ("difficulty_level.tracking", pa.int8())])
     ),
+    # The LiDAR box moved to the time its most visible camera saw it (the ground truth of camera-only evaluation).
+    "lidar_camera_synced_box": pa.schema(
+        [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64()), (KEY_OBJECT, pa.string())]
+        + _fields("LiDARCameraSyncedBoxComponent",
+                  [("most_visible_camera_name", pa.int8())] + _xyz("camera_synced_box.center", pa.float64())
+                  + _xyz("camera_synced_box.size", pa.float64()) + [("camera_synced_box.heading", pa.float64())])
+    ),
     "vehicle_pose": pa.schema(
         [(KEY_SEGMENT, pa.string()), (KEY_TIMESTAMP, pa.int64())]
         + _fields("VehiclePoseComponent", [("world_from_vehicle.transform", TRANSFORM)])

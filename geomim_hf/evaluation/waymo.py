@@ -34,7 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-WAYMO_CLASSES = ("vehicle", "pedestrian", "cyclist")
+from ..data.classes import WAYMO_CLASSES
+
 SENSOR_LOCATION = (1.43, 0.0, 2.18)  # metres, vehicle frame: the release's camera-only evaluation
 IOU_THRESHOLDS = {"vehicle": 0.5, "pedestrian": 0.3, "cyclist": 0.3}
 LONGITUDINAL_TOLERANCE = 0.1  # of the ground truth's range from the sensor
@@ -307,3 +308,37 @@ def let_3d_metrics(predictions: Sequence[dict], ground_truth: Sequence[dict], cl
                          "classes": list(classes), "num_score_cutoffs": len(score_cutoffs),
                          "recall_delta": recall_delta, "level_2_max_points": LEVEL_2_MAX_POINTS}
     return results
+
+
+def format_let_metrics(metrics: dict) -> str:
+    """A small table of :func:`let_3d_metrics`: each metric per class and level, and the class means."""
+    classes = metrics["config"]["classes"]
+    lines = [f"{'':<12}" + "".join(f"{metric + ' L' + str(level):>16}" for metric in METRICS for level in (1, 2))]
+    for name in (*classes, "mean"):
+        lines.append(f"{name:<12}" + "".join(
+            f"{metrics[f'{metric}/{name}/LEVEL_{level}' if name != 'mean' else f'{metric}/LEVEL_{level}']:>16.4f}"
+            for metric in METRICS for level in (1, 2)))
+    return "\n".join(lines)
+
+
+def evaluate_waymo_detector(model, dataroot: str, split: str, processor, batch_size: int = 4,
+                            score_threshold: float = 0.05, verbose: bool = True, cache_dir: str | None = None) -> dict:
+    """Detect on a Waymo v2 split with a camera detector and score it with :func:`let_3d_metrics` against the
+    camera-synced boxes (``load_waymo(..., boxes="camera")``). The detector's classes must be Waymo's three."""
+    from ..data import load_waymo
+    from .detection import predict_detections
+
+    classes = tuple(model.config.class_names)
+    if classes != WAYMO_CLASSES:
+        raise ValueError(f"a Waymo detector predicts {WAYMO_CLASSES}, this one {classes}: finetune it with "
+                         "--dataset waymo")
+    rows = load_waymo(dataroot, split, classes=classes, boxes="camera", cache_dir=cache_dir)
+    predictions, _ = predict_detections(model, rows, processor, batch_size, score_threshold)
+    truth = rows.select_columns(["boxes", "labels", "num_lidar_points"]).with_format(None)
+    ground_truth = [{"boxes": np.asarray(row["boxes"], np.float64).reshape(-1, 7), "labels": row["labels"],
+                     "num_lidar_points": row["num_lidar_points"]} for row in truth]
+    metrics = let_3d_metrics([{key: prediction[key].numpy() for key in ("boxes", "labels", "scores")}
+                              for prediction in predictions], ground_truth, classes=classes)
+    if verbose:
+        print(format_let_metrics(metrics))
+    return metrics

@@ -70,11 +70,11 @@ def _render_frame(args):
     for camera in rig.cameras:
         camera_time = t + camera.time_offset
         global_from_ego = scene.global_from_ego(camera_time)
-        image, _, _ = render_camera(scene.world_at(camera_time), global_from_ego @ camera.ego_from_camera,
-                                    camera.intrinsics, camera.width, camera.height)
+        image, visible, _ = render_camera(scene.world_at(camera_time), global_from_ego @ camera.ego_from_camera,
+                                          camera.intrinsics, camera.width, camera.height)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-        cameras.append((camera.name, camera_time, buffer.getvalue()))
+        cameras.append((camera.name, camera_time, buffer.getvalue(), visible[:len(scene.actors)]))
     rng = np.random.default_rng([seed, scene.index, frame_index, 11])
     scan, inside = cast_lidar_settled(scene, rig.lidar, t, rng)
     return cameras, scan.range, scan.intensity, inside
@@ -161,7 +161,7 @@ def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> i
         global_from_ego = scene.global_from_ego(t)
         rows["vehicle_pose"].append({KEY_SEGMENT: name, KEY_TIMESTAMP: stamp,
                                      "[VehiclePoseComponent].world_from_vehicle.transform": _flat(global_from_ego)})
-        for camera_name, camera_time, jpeg in cameras:
+        for camera_name, camera_time, jpeg, _ in cameras:
             linear, angular = _ego_motion(scene, camera_time)
             pose_seconds = stamp * 1e-6 + (camera_time - t)
             rows["camera_image"].append({
@@ -217,6 +217,24 @@ def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> i
                 "[LiDARBoxComponent].difficulty_level.tracking": level,
             })
             lidar_counts.setdefault(label, set()).add(actor.instance)
+            # The camera-synced box: where the object was when its most visible camera fired, in this frame's
+            # vehicle frame (the release shifts each box to that camera's capture of its centre).
+            visible = np.array([pixels[actor_index] for _, _, _, pixels in cameras])
+            if visible.max() == 0:
+                continue  # in no camera: no camera-synced box, as in the release
+            camera_name, camera_time = cameras[int(np.argmax(visible))][:2]
+            synced, _ = scene.actor_boxes(camera_time)
+            synced_center = ego_from_global[:3, :3] @ synced[actor_index, :3] + ego_from_global[:3, 3]
+            rows["lidar_camera_synced_box"].append({
+                KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, KEY_OBJECT: object_ids[actor.instance],
+                "[LiDARCameraSyncedBoxComponent].most_visible_camera_name": CAMERA_NAMES[camera_name],
+                **{f"[LiDARCameraSyncedBoxComponent].camera_synced_box.center.{a}": float(v)
+                   for a, v in zip("xyz", synced_center)},
+                **{f"[LiDARCameraSyncedBoxComponent].camera_synced_box.size.{a}": float(v)
+                   for a, v in zip("xyz", synced[actor_index, 3:6])},
+                "[LiDARCameraSyncedBoxComponent].camera_synced_box.heading":
+                    float(wrap_angle(synced[actor_index, 6] - ego_yaw)),
+            })
 
     types = sorted(lidar_counts)
     for stamp in stamps:

@@ -26,6 +26,7 @@ POSE = "[VehiclePoseComponent].world_from_vehicle.transform"
 EXTRINSIC = "[CameraCalibrationComponent].extrinsic.transform"
 IMAGE = "[CameraImageComponent].image"
 BOX_LENGTH = "[LiDARBoxComponent].box.size.x"
+SYNCED_LENGTH = "[LiDARCameraSyncedBoxComponent].camera_synced_box.size.x"
 
 
 def component_path(root, component, segment=SEGMENT):
@@ -83,8 +84,8 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(waymo_root, cache):
-    """All rows of validation with one sweep, decoded once."""
-    return list(load_waymo(str(waymo_root), "validation", sweeps=1, cache_dir=cache))
+    """All rows of validation with one sweep and the LiDAR's boxes (the LiDAR geometry checked here), decoded once."""
+    return list(load_waymo(str(waymo_root), "validation", sweeps=1, boxes="lidar", cache_dir=cache))
 
 
 def segment_rows(rows, segment):
@@ -250,6 +251,9 @@ CORRUPTIONS = {
                                                             if r["key.frame_timestamp_micros"] == stamp else r
                                                             for r in rows], [1],
                           r"lidar_box \S+ field box.size is not positive"),
+    "negative camera-synced box size": ("lidar_camera_synced_box", lambda rows, stamp: [
+        {**r, SYNCED_LENGTH: -r[SYNCED_LENGTH]} if r["key.frame_timestamp_micros"] == stamp else r for r in rows], [1],
+        r"lidar_camera_synced_box \S+ field camera_synced_box.size is not positive"),
     "missing lidar": ("lidar", lambda rows, stamp: [r for r in rows if r["key.frame_timestamp_micros"] != stamp],
                       [0], "lidar has no row for the TOP laser"),
 }
@@ -261,9 +265,10 @@ def test_bad_frames_name_the_segment_the_frame_and_the_field(world, tmp_path, ro
     stamps = sorted(r["key.frame_timestamp_micros"] for r in read(world, "vehicle_pose"))
     rewrite(world, component, lambda table_rows: edit(table_rows, stamps[broken[0]]))
     cache = str(tmp_path / "cache")
+    boxes = "lidar" if component == "lidar_box" else "camera"  # the boxes whose fields are broken
     with pytest.raises(SampleError, match=f"segment {SEGMENT} frame {stamps[broken[0]]}: {message}"):
-        load_waymo(world, "validation", cache_dir=cache)
-    skipped = load_waymo(world, "validation", cache_dir=cache, on_error="skip", decode_lidar=False)
+        load_waymo(world, "validation", boxes=boxes, cache_dir=cache)
+    skipped = load_waymo(world, "validation", boxes=boxes, cache_dir=cache, on_error="skip", decode_lidar=False)
     bad = {f"{SEGMENT}_{stamps[index]}" for index in broken}
     assert skipped["sample_token"] == [r["sample_token"] for r in rows if r["sample_token"] not in bad]
 
@@ -290,6 +295,30 @@ def test_uniform_inclinations_when_the_calibration_lists_none(world, tmp_path):
         np.testing.assert_allclose(np.sort(distance[beam == index]), np.sort(expected[expected > 0]), atol=1e-4)
 
 
+def test_camera_models_get_the_camera_synced_boxes(waymo_root, cache, rows):
+    """boxes="camera": each box is its camera-synced row, and only the boxes a camera saw and the LiDAR hit."""
+    camera_rows = list(load_waymo(str(waymo_root), "validation", boxes="camera", cache_dir=cache, decode_lidar=False))
+    synced = {(r["key.frame_timestamp_micros"], r["key.laser_object_id"]): r
+              for r in read(waymo_root, "lidar_camera_synced_box")}
+    prefix = "[LiDARCameraSyncedBoxComponent].camera_synced_box."
+    kept = dropped = 0
+    for lidar_row, camera_row in zip(rows, camera_rows):
+        assert lidar_row["sample_token"] == camera_row["sample_token"]
+        if camera_row["scene_token"] != SEGMENT:
+            continue
+        expected = [token for token, points in zip(lidar_row["instance_tokens"], lidar_row["num_lidar_points"])
+                    if (camera_row["timestamp"], token) in synced and points > 0]
+        assert camera_row["instance_tokens"] == expected
+        dropped += len(lidar_row["instance_tokens"]) - len(expected)
+        for token, box in zip(camera_row["instance_tokens"], np.asarray(camera_row["boxes"])):
+            row = synced[(camera_row["timestamp"], token)]
+            np.testing.assert_allclose(box, [row[prefix + f"center.{a}"] for a in "xyz"]
+                                       + [row[prefix + f"size.{a}"] for a in "xyz"] + [row[prefix + "heading"]],
+                                       atol=1e-5)
+            kept += 1
+    assert kept > 5 and dropped > 0
+
+
 def test_missing_folders_and_bad_arguments(world):
     missing = os.path.join(world, "training")
     with pytest.raises(FileNotFoundError, match=f"Waymo split folder {missing} is missing"):
@@ -301,6 +330,8 @@ def test_missing_folders_and_bad_arguments(world):
         load_waymo(world, "validation", type_to_class={"TYPE_VEHICLE": "car"})
     with pytest.raises(ValueError, match=r"type_to_class key 'TYPE_CAR' is not a Waymo type"):
         load_waymo(world, "validation", type_to_class={"TYPE_CAR": "vehicle"})
+    with pytest.raises(ValueError, match=r"boxes must be one of \('camera', 'lidar'\), got 'radar'"):
+        load_waymo(world, "validation", boxes="radar")
 
 
 def test_a_split_without_labels_loads_with_zero_boxes(world, tmp_path):

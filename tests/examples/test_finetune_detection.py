@@ -73,3 +73,40 @@ def test_bf16_and_torch_compile_train_and_evaluate_as_the_plain_run(nuscenes_roo
     # (not the TP errors: after 2 steps they average a handful of chance matches, which bf16 may swap)
     for name in ("NDS", "mAP"):
         assert ours[name] == pytest.approx(reference[name], abs=0.02), name
+
+
+def test_waymo_finetuning_records_its_classes_and_cameras_and_is_scored_with_let(waymo_root, tmp_path):
+    """--dataset waymo: five cameras of two sizes, Waymo's three classes, the camera-synced boxes; the detector's
+    config says so, it is scored with LET-3D-AP (metrics, card), and evaluate.py scores and draws it again."""
+    output_dir = tmp_path / "waymo"
+    _run("finetune_detection.py", "--dataset", "waymo", "--dataroot", waymo_root, "--train-split", "validation",
+         "--val-split", "validation", "--init", "scratch", "--model-config", "geomim-tiny", "--output-dir",
+         output_dir, "--max-steps", 2, "--batch-size", 2, "--num-workers", 0, "--checkpointing-steps", 0,
+         "--warmup-steps", 1)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["class_names"] == ["vehicle", "pedestrian", "cyclist"] and config["num_views"] == 5
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["config"]["iou_thresholds"] == {"vehicle": 0.5, "pedestrian": 0.3, "cyclist": 0.3}
+    assert 0.0 <= metrics["LET-3D-APL/LEVEL_2"] <= metrics["LET-3D-AP/LEVEL_2"] <= 1.0
+    card = (output_dir / "README.md").read_text()
+    assert "LET-3D-APL/LEVEL_2" in card and "waymo" in card
+    _run("evaluate.py", "--model", output_dir, "--dataset", "waymo", "--dataroot", waymo_root, "--split",
+         "validation", "--output-dir", tmp_path / "evaluated", "--plot", 1, "--batch-size", 2)
+    again = json.loads((tmp_path / "evaluated" / "metrics.json").read_text())
+    assert again["LET-3D-AP/LEVEL_2"] == pytest.approx(metrics["LET-3D-AP/LEVEL_2"])
+    assert (tmp_path / "evaluated" / "detections_0.png").is_file()
+
+
+def test_a_nuscenes_pretraining_initialises_a_waymo_detector(tmp_path):
+    """The encoder pretrained on six nuScenes views loads into a five-view Waymo detector of three classes."""
+    PartialState()
+    torch.manual_seed(0)
+    pretrained = GeoMIMForMaskedBEVModeling(GeoMIMConfig.from_preset("geomim-tiny"))
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    script = load_example("finetune_detection")
+    model = script.build_model(script.parse_args(["--dataset", "waymo", "--dataroot", "unused", "--output-dir",
+                                                  str(tmp_path / "out"), "--init", str(tmp_path / "pretrained")]))
+    assert model.config.class_names == ("vehicle", "pedestrian", "cyclist") and model.config.num_views == 5
+    assert model.head.heatmap[-1].out_channels == 3
+    for name, tensor in pretrained.geomim.state_dict().items():
+        torch.testing.assert_close(model.geomim.state_dict()[name], tensor, msg=name)

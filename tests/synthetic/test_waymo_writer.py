@@ -4,10 +4,12 @@ import colorsys
 import io
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from geomim_hf.data.waymo_schema import CAMERA_NAMES
 from geomim_hf.synthetic.sensors import waymo_rig
 from geomim_hf.synthetic.world import CLASS_SPECS, location_grid, simulate_scene
 from geomim_hf.synthetic.waymo_writer import FRAME_INTERVAL, LOCATION, segment_name
@@ -31,6 +33,11 @@ EXPECTED_COLUMNS = {
                   "[LiDARBoxComponent].box.heading", "[LiDARBoxComponent].type",
                   "[LiDARBoxComponent].num_lidar_points_in_box", "[LiDARBoxComponent].speed.x"],
     "vehicle_pose": ["key.frame_timestamp_micros", "[VehiclePoseComponent].world_from_vehicle.transform"],
+    "lidar_camera_synced_box": ["key.frame_timestamp_micros", "key.laser_object_id",
+                                "[LiDARCameraSyncedBoxComponent].most_visible_camera_name",
+                                "[LiDARCameraSyncedBoxComponent].camera_synced_box.center.x",
+                                "[LiDARCameraSyncedBoxComponent].camera_synced_box.size.z",
+                                "[LiDARCameraSyncedBoxComponent].camera_synced_box.heading"],
 }
 SEGMENT = segment_name(WAYMO_WORLD["seed"], 0)  # the first segment goes to validation
 
@@ -170,3 +177,38 @@ def test_box_centres_project_onto_their_objects(waymo_root, simulated):
             hits += abs((hue * 360 - CLASS_SPECS[actor.class_name].hue + 180) % 360 - 180) < 15 and saturation > 0.35
     print(f"{hits}/{total} projected centres on their objects")
     assert total >= 10 and hits / total >= 0.85
+
+
+def test_camera_synced_boxes_are_where_their_most_visible_camera_saw_them(waymo_root, simulated):
+    """Each camera-synced box is its actor's box at the time its named camera fired (the frame time plus that
+    camera's offset), in the frame's vehicle frame, and its centre projects into that camera's image; boxes seen
+    by no camera have none."""
+    scene, rig = simulated
+    stamps, world_from_vehicle = _frames(waymo_root)
+    offsets = {CAMERA_NAMES[c.name]: c.time_offset for c in rig.cameras}
+    cameras = {CAMERA_NAMES[c.name]: c for c in rig.cameras}
+    schema = pq.read_schema(waymo_root / "validation" / "lidar_camera_synced_box" / f"{SEGMENT}.parquet")
+    assert schema.field("[LiDARCameraSyncedBoxComponent].most_visible_camera_name").type == pa.int8()
+    assert schema.field("[LiDARCameraSyncedBoxComponent].camera_synced_box.heading").type == pa.float64()
+    synced = read(waymo_root, "lidar_camera_synced_box")
+    lidar_boxes = {(r["key.frame_timestamp_micros"], r["key.laser_object_id"]) for r in read(waymo_root, "lidar_box")}
+    assert synced and {(r["key.frame_timestamp_micros"], r["key.laser_object_id"]) for r in synced} <= lidar_boxes
+    moved = 0
+    for row in synced:
+        stamp = row["key.frame_timestamp_micros"]
+        camera = row["[LiDARCameraSyncedBoxComponent].most_visible_camera_name"]
+        t = scene.keyframe_times[stamps.index(stamp)]
+        center_vehicle = np.array([row[f"[LiDARCameraSyncedBoxComponent].camera_synced_box.center.{a}"]
+                                   for a in "xyz"] + [1.0])
+        center_world = (world_from_vehicle[stamp] @ center_vehicle)[:3]
+        then, _ = scene.actor_boxes(t + offsets[camera])
+        match = np.flatnonzero(np.linalg.norm(then[:, :3] - center_world, axis=1) < 1e-6)
+        assert len(match) == 1
+        now, _ = scene.actor_boxes(t)
+        moved += np.linalg.norm(now[match[0], :3] - center_world) > 0.05
+        spec = cameras[camera]  # the centre, seen from that camera at that time
+        global_from_camera = scene.global_from_ego(t + offsets[camera]) @ spec.ego_from_camera
+        point = np.linalg.inv(global_from_camera) @ np.append(center_world, 1.0)
+        u, v = (spec.intrinsics @ point[:3])[:2] / point[2]
+        assert point[2] > 0 and -0.5 * spec.width < u < 1.5 * spec.width and -0.5 * spec.height < v < 1.5 * spec.height
+    assert moved > 0  # moving objects: the synced box is not the LiDAR box
