@@ -142,7 +142,7 @@ def test_every_kind_of_view_gives_the_same_pixels(tmp_path):
     image = _blob(400, 225, (150, 100))
     path = tmp_path / "view.png"
     image.save(path)
-    array = np.asarray(image)
+    array = np.array(image)  # writable: torch.from_numpy below
     intrinsics = np.array([[[300.0, 0, 200], [0, 300.0, 112], [0, 0, 1]]])
     ego_from_camera = np.eye(4)[None]
     reference = processor([image], intrinsics, ego_from_camera)["pixel_values"]
