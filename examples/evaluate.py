@@ -73,9 +73,8 @@ def main(argv=None) -> None:
     with open(os.path.join(output_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle, indent=2)
     if os.path.abspath(output_dir) == os.path.abspath(args.model):  # the card beside the weights gets the results
-        create_model_card(args.model, metrics=metrics, eval_dataset="Waymo Open Dataset" if waymo else "nuScenes",
-                          eval_version="v2" if waymo else args.version, eval_split=args.split,
-                          datasets=("waymo_open_dataset",) if waymo else ("nuscenes",))
+        create_model_card(args.model, metrics=metrics, eval_version="v2" if waymo else args.version,
+                          eval_split=args.split)  # the dataset follows from the metrics
     if args.plot:  # the first samples again, kept with their rows for the pictures
         rows = load_waymo(args.dataroot, args.split, classes=model.config.class_names, boxes="camera") if waymo \
             else load_nuscenes(args.dataroot, args.version, args.split, classes=model.config.class_names,

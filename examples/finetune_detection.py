@@ -232,9 +232,8 @@ def main(argv=None, task: Task = DETECTION, description: str = __doc__) -> None:
             record_curve_point(args.output_dir, args.max_steps, metrics)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
-        waymo = args.dataset == "waymo"
+        waymo = args.dataset == "waymo"  # (the evaluation dataset follows from the metrics; datasets also without)
         create_model_card(args.output_dir, metrics=metrics if args.val_split else None,
-                          eval_dataset="Waymo Open Dataset" if waymo else "nuScenes",
                           eval_version="v2" if waymo else args.version, eval_split=dataset_split(args, args.val_split),
                           datasets=("waymo_open_dataset",) if waymo else ("nuscenes",), training=training_summary(
                               args, accelerator, seconds, schedule, init=args.init, cbgs=cbgs,

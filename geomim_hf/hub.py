@@ -70,9 +70,9 @@ def segmentation_eval_results(metrics: dict, dataset_name: str, version: str, sp
 
 
 def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: dict | None = None,
-                      eval_dataset: str = "nuScenes", eval_version: str | None = None, eval_split: str | None = None,
+                      eval_dataset: str | None = None, eval_version: str | None = None, eval_split: str | None = None,
                       training: dict | None = None, base_model: str | None = None, license: str = "apache-2.0",
-                      datasets: tuple[str, ...] = ("nuscenes",)) -> ModelCard:
+                      datasets: tuple[str, ...] | None = None) -> ModelCard:
     """Write ``model_dir/README.md`` for the model saved there and return the card.
 
     Args:
@@ -80,11 +80,13 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
         repo_id: the Hub id the usage snippet loads (default ``your-org/<folder name>``).
         metrics: the devkit's metrics (``evaluate_nuscenes``), a segmenter's (``evaluate_segmenter``) or Waymo's
             LET-3D metrics (``evaluate_waymo_detector``); they become the ``model-index``.
-        eval_dataset, eval_version, eval_split: what ``metrics`` were measured on.
+        eval_dataset, eval_version, eval_split: what ``metrics`` were measured on (the dataset defaults to the one
+            the metrics name: Waymo for LET-3D metrics, nuScenes otherwise).
         training: how the model was trained (steps, batch size, data, ...), shown as a table and kept in
             ``training_summary.json``, which a later call without ``training`` (e.g. after
             ``examples/evaluate.py``) reuses.
         base_model: the checkpoint this one was finetuned from, if it is on the Hub.
+        datasets: the Hub datasets the card lists (default the evaluation's).
     """
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -108,6 +110,8 @@ def create_model_card(model_dir: str, *, repo_id: str | None = None, metrics: di
 
     eval_results = None
     waymo = bool(metrics) and "LET-3D-APL/LEVEL_2" in metrics
+    eval_dataset = eval_dataset or ("Waymo Open Dataset" if waymo else "nuScenes")
+    datasets = datasets or (("waymo_open_dataset",) if waymo else ("nuscenes",))
     if metrics:
         if not (eval_version and eval_split):
             raise ValueError("metrics need eval_version and eval_split: the model-index names what was measured")

@@ -177,11 +177,16 @@ class LiftSplat(nn.Module):
             self._cache.popitem(last=False)
         return indices
 
+    def cell_index(self, intrinsics, ego_from_camera, processed_from_original,
+                   augmented_ego_from_ego=None) -> torch.Tensor:
+        """(B, N, D, h, w) the flat BEV cell of every frustum point, -1 outside the grid."""
+        return self.grid.cell_of(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
+                                                 augmented_ego_from_ego))
+
     @torch.no_grad()
     def _compute_indices(self, intrinsics, ego_from_camera, processed_from_original,
                          augmented_ego_from_ego) -> BevPoolIndices:
-        cells = self.grid.cell_of(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
-                                                  augmented_ego_from_ego))  # (B, N, D, h, w)
+        cells = self.cell_index(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         return pool_indices(cells, self.grid.num_cells)
 
     def forward(self, depth: torch.Tensor, context: torch.Tensor, intrinsics: torch.Tensor,
@@ -193,8 +198,7 @@ class LiftSplat(nn.Module):
         (B, N, 3, 3); ego_from_camera: (B, N, 4, 4); augmented_ego_from_ego: (B, 4, 4) or None.
         Returns (B, C, Y, X)."""
         if torch.compiler.is_exporting():  # ONNX / torch.export: the geometry is a graph input, not a cache key
-            cells = self.grid.cell_of(self.points_ego(intrinsics, ego_from_camera, processed_from_original,
-                                                      augmented_ego_from_ego))
+            cells = self.cell_index(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
             return scatter_pool(depth, context, cells, self.grid.size)
         indices = self.indices(intrinsics, ego_from_camera, processed_from_original, augmented_ego_from_ego)
         return bev_pool(depth, context, indices, self.grid.size, backend=self.kernel_backend)

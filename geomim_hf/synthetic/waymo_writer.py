@@ -192,6 +192,7 @@ def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> i
         _, before = scene.actor_boxes(t - 0.05)
         _, after = scene.actor_boxes(t + 0.05)
         counts = np.bincount(inside[inside >= 0], minlength=len(scene.actors))
+        boxes_at_camera = {camera_name: scene.actor_boxes(camera_time)[0] for camera_name, camera_time, _, _ in cameras}
         for actor_index, actor in enumerate(scene.actors):
             label = waymo_type(actor.class_name, actor.attribute)
             box = boxes[actor_index]
@@ -223,7 +224,7 @@ def _write_segment(root, split, name, scene: Scene, rig: SensorRig, frames) -> i
             if visible.max() == 0:
                 continue  # in no camera: no camera-synced box, as in the release
             camera_name, camera_time = cameras[int(np.argmax(visible))][:2]
-            synced, _ = scene.actor_boxes(camera_time)
+            synced = boxes_at_camera[camera_name]
             synced_center = ego_from_global[:3, :3] @ synced[actor_index, :3] + ego_from_global[:3, 3]
             rows["lidar_camera_synced_box"].append({
                 KEY_SEGMENT: name, KEY_TIMESTAMP: stamp, KEY_OBJECT: object_ids[actor.instance],
