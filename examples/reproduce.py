@@ -26,7 +26,11 @@ already in ``--out``, so any stop continues where it was:
    (``finetune_segmentation.py`` on ``train``, BEVFusion's mIoU on ``val``), with one recipe for every
    arm (``SEGMENT_RECIPE``, not searched). The main comparison (``random``, ``pixel``, ``geomim`` under
    ``full``, ``probe`` and ``segment``) runs first, on every seed; the secondary cells (``label``, and the
-   probe of ``depth`` and of the ablations) follow, on the budget's first ``secondary_seeds``.
+   probe of ``depth`` and of the ablations) follow, on the budget's first ``secondary_seeds``;
+6. ``waymo``, the transfer (a main protocol, every seed): a synthetic Waymo v2 world (its own rig of five
+   cameras of two sizes, three classes), written when its first cell needs it; each main arm's detector
+   finetuned on its ``training`` segments from the nuScenes-world encoder, with the arm's recipe from the
+   search above, and scored with LET-3D-AP/APL/APH on its ``validation`` segments.
 
 ``OUT/results.json`` (every cell, and per arm, protocol and step the mean and 95% t-interval over
 seeds), ``OUT/results.md`` (the tables) and ``OUT/learning_curve.png`` are rewritten after every
@@ -60,11 +64,15 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quickstart import run_stage  # noqa: E402  (the sibling example script)
 
-from geomim_hf.data.classes import MAP_CLASSES  # noqa: E402
+from geomim_hf.data.classes import MAP_CLASSES, WAYMO_CLASSES  # noqa: E402
 
 VERSION = "v1.0-trainval"
 REPORTED = ("NDS", "mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
 SEGMENT_REPORTED = ("mIoU", *(f"IoU/{name}" for name in MAP_CLASSES))  # BEVFusion's map-segmentation scores
+# Waymo's camera-only scores (class means, then APL per class), LEVEL_2 first as the release ranks by it.
+WAYMO_REPORTED = (*(f"{metric}/LEVEL_{level}" for level in (2, 1) for metric in ("LET-3D-APL", "LET-3D-AP",
+                                                                                  "LET-3D-APH")),
+                  *(f"LET-3D-APL/{name}/LEVEL_2" for name in WAYMO_CLASSES))
 ARMS = {  # the pretraining flags of each arm; random has no pretraining
     "random": None,
     "pixel": ["--objective", "pixel"],
@@ -84,7 +92,11 @@ PROTOCOLS = {  # train split, evaluation split, frozen encoder
     "probe": ("train", "val", True),
     "label": ("train_detect", "val", False),
     "segment": ("train", "val", False),  # BEV map segmentation, examples/finetune_segmentation.py
+    "waymo": ("train", "val", False),  # the Waymo world's training / validation segments
 }
+# The Waymo world's components whose rows are fingerprinted in the record (the images and range images follow
+# from them and the seed).
+WAYMO_TABLES = ("camera_calibration", "lidar_calibration", "vehicle_pose", "lidar_box", "lidar_camera_synced_box")
 # The finetuning recipes searched. "light" drops what the diagnosis found to hurt short runs (CBGS, the
 # previous frame, EMA, layer decay, drop path); "light-layer-decay" keeps the official layer-wise lr decay
 # (0.8), which protects a pretrained encoder's early blocks; "official" keeps BEVDet's recipe.
@@ -121,6 +133,10 @@ class Budget:
     preset: str = "geomim-tiny"  # the camera model of every arm
     out_indices: tuple[int, ...] = ()  # encoder stages the detector reads, when not the preset's
     secondary_seeds: int | None = None  # how many of --seeds run the secondary cells (None: all)
+    # The Waymo world of the transfer: segments x frames (10 Hz), the first validation_segments for validation.
+    waymo_segments: int = 3
+    waymo_frames: int = 2
+    waymo_validation_segments: int = 1
     batch_size: int = 2
     checkpointing_steps: int = 200
     workers: int = 2
@@ -136,11 +152,15 @@ BUDGETS = {
     # on held-out scenes (docs/study_cpu, "Pretraining length"). Run it in pieces (--max-stages).
     "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=3000, finetune_steps=1500,
                   curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
-                  preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1),
+                  preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1,
+                  # Waymo: 64 segments of 5 frames (many short segments: frames 0.1 s apart are near repeats);
+                  # 240 training frames, 80 validation frames.
+                  waymo_segments=64, waymo_frames=5, waymo_validation_segments=16),
     "gpu": Budget(scenes=80, samples_per_scene=10, teacher_steps=3000, pretrain_steps=3000, finetune_steps=2000,
                   curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3),
                                                   ("light-layer-decay", 1e-3), ("official", 1e-3)),
-                  preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8),
+                  preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8,
+                  waymo_segments=128, waymo_frames=5, waymo_validation_segments=32),
 }
 
 
@@ -162,14 +182,21 @@ def parse_args(argv=None):
 
 
 def is_main(arm: str, protocol: str) -> bool:
-    """The main comparison: random init, pixel MIM and GeoMIM under full finetuning, the frozen probe and map
-    segmentation. The rest (label efficiency, the depth-only target, GeoMIM's ablations) is secondary."""
-    return arm in MAIN_ARMS and protocol in ("full", "probe", "segment")
+    """The main comparison: random init, pixel MIM and GeoMIM under full finetuning, the frozen probe, map
+    segmentation and the Waymo transfer. The rest (label efficiency, the depth-only target, GeoMIM's ablations)
+    is secondary."""
+    return arm in MAIN_ARMS and protocol in ("full", "probe", "segment", "waymo")
 
 
 def reported(protocol: str) -> tuple[str, ...]:
-    """The scores of a protocol's cells: the devkit's detection metrics, or map segmentation's IoU."""
-    return SEGMENT_REPORTED if protocol == "segment" else REPORTED
+    """The scores of a protocol's cells: the devkit's detection metrics, map segmentation's IoU, or Waymo's
+    LET-3D metrics."""
+    return {"segment": SEGMENT_REPORTED, "waymo": WAYMO_REPORTED}.get(protocol, REPORTED)
+
+
+def table_columns(protocol: str) -> tuple[str, ...]:
+    """The scores of a protocol in results.md (every reported score but the devkit's last TP errors)."""
+    return REPORTED[:5] if reported(protocol) is REPORTED else reported(protocol)
 
 
 def cells(args, budget: Budget):
@@ -321,22 +348,52 @@ def record_stage(output_dir: str, recorded: str, done_file: str, restorable: boo
                overwrite=True)
 
 
-def check_world(dataroot: str, record: str) -> None:
-    """Record the world's tables' sha256, or refuse a world that differs from the recorded one: cells made on
-    two different worlds must never be mixed in one table."""
+def nuscenes_fingerprint(dataroot: str) -> dict:
+    """The sha256 of each table of the nuScenes world."""
     tables = os.path.join(dataroot, VERSION)
-    found = {name: sha256(os.path.join(tables, name)) for name in sorted(os.listdir(tables)) if name.endswith(".json")}
-    path = os.path.join(record, "world.json")
+    return {name: sha256(os.path.join(tables, name)) for name in sorted(os.listdir(tables)) if name.endswith(".json")}
+
+
+def waymo_fingerprint(root: str) -> dict:
+    """The sha256 of the rows of each split's ``WAYMO_TABLES`` in the Waymo world (of the rows, not the parquet
+    bytes, which name the pyarrow version that wrote them)."""
+    import pyarrow.parquet as pq
+
+    found = {}
+    for split in ("training", "validation"):
+        for component in WAYMO_TABLES:
+            folder = os.path.join(root, split, component)
+            if not os.path.isdir(folder):
+                continue
+            digest = hashlib.sha256()
+            for name in sorted(os.listdir(folder)):
+                rows = pq.read_table(os.path.join(folder, name)).to_pylist()
+                digest.update(name.encode() + json.dumps(rows, sort_keys=True).encode())
+            found[f"{split}/{component}"] = digest.hexdigest()
+    return found
+
+
+def check_world(found: dict, path: str, where: str) -> None:
+    """Record a world's fingerprint (``found``: {table: sha256}) at ``path``, or refuse a world that differs from
+    the recorded one: cells made on two different worlds must never be mixed in one table."""
     if os.path.isfile(path):
         recorded = json.load(open(path))
         changed = sorted(name for name in set(found) | set(recorded) if found.get(name) != recorded.get(name))
         if changed:
-            raise SystemExit(f"the world in {tables} is not the one recorded in {path} (tables {changed} differ): "
+            raise SystemExit(f"the world in {where} is not the one recorded in {path} (tables {changed} differ): "
                              "rewrite it from the same seed and code, or record to a new --record folder")
         return
-    os.makedirs(record, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(found, handle, indent=2)
+
+
+def write_world(format_name: str, out: str, arguments: list[str]) -> None:
+    """Write a synthetic world (seed 0) with ``python -m geomim_hf.synthetic``. The simulator's poses go through
+    numpy's BLAS, whose kernel (picked per CPU) changes their last bits: one kernel on every machine keeps the
+    world's tables bit for bit the recorded ones."""
+    subprocess.run([sys.executable, "-m", "geomim_hf.synthetic", "--format", format_name, "--out", out, *arguments,
+                    "--seed", "0", "--overwrite"], check=True, env={**os.environ, "OPENBLAS_CORETYPE": WORLD_BLAS_KERNEL})
 
 
 def recipe_name(chosen: dict) -> str:
@@ -364,7 +421,9 @@ def results_markdown(results: dict) -> str:
                                                        for c in candidates) + f" | {recipe_name(chosen)} |")
     lines += ["", "Mean ± half-width of the 95% t-interval over seeds, on val: detection by the devkit "
               "(`detection_cvpr_2019`); `segment` by BEVFusion's map-segmentation IoU (per class the best of "
-              f"thresholds 0.35-0.65), every arm with the recipe {recipe_name(SEGMENT_RECIPE)}.", ""]
+              f"thresholds 0.35-0.65), every arm with the recipe {recipe_name(SEGMENT_RECIPE)}; `waymo` "
+              "finetuned on the synthetic Waymo world's training segments with each arm's recipe above, LET-3D "
+              "metrics (Waymo's camera-only evaluation) on its validation segments.", ""]
     final = {}
     for entry in results["summary"]:
         final.setdefault(entry["protocol"], {})
@@ -372,7 +431,7 @@ def results_markdown(results: dict) -> str:
         if previous is None or entry["steps"] > previous["steps"]:
             final[entry["protocol"]][entry["arm"]] = entry
     for protocol, arms in final.items():
-        keys = SEGMENT_REPORTED if protocol == "segment" else REPORTED[:5]
+        keys = table_columns(protocol)
         lines += [f"## {protocol}", "", "| arm | steps | seeds | " + " | ".join(keys) + " |",
                   "|---|---|---|" + "---|" * len(keys)]
         for arm, entry in arms.items():
@@ -457,21 +516,35 @@ def main(argv=None) -> None:
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
         print(f"writing a synthetic {VERSION} world of {budget.scenes} x {budget.samples_per_scene} keyframes to "
               f"{dataroot}", flush=True)
-        # The simulator's poses go through numpy's BLAS, whose kernel (picked per CPU) changes their last bits:
-        # one kernel on every machine keeps the world's tables bit for bit the recorded ones.
-        subprocess.run([sys.executable, "-m", "geomim_hf.synthetic", "--format", "nuscenes", "--version", VERSION,
-                        "--out", dataroot, "--scenes", str(budget.scenes), "--samples-per-scene",
-                        str(budget.samples_per_scene), "--seed", "0", "--camera-sweeps", "0", "--lidar-sweeps", "0",
-                        "--workers", str(max(budget.workers, 1)), "--overwrite"],
-                       check=True, env={**os.environ, "OPENBLAS_CORETYPE": WORLD_BLAS_KERNEL})
+        write_world("nuscenes", dataroot, ["--version", VERSION, "--scenes", str(budget.scenes), "--samples-per-scene",
+                                           str(budget.samples_per_scene), "--camera-sweeps", "0", "--lidar-sweeps",
+                                           "0", "--workers", str(max(budget.workers, 1))])
     if args.record:
-        check_world(dataroot, args.record)
+        check_world(nuscenes_fingerprint(dataroot), os.path.join(args.record, "world.json"),
+                    os.path.join(dataroot, VERSION))
+    waymo_root = os.path.join(out, "waymo")
 
-    # Full JPEG decoding: the record's cells were made before reduced-scale decoding existed, and every arm sees
-    # the same pixels.
-    data = ["--dataroot", dataroot, "--version", VERSION, "--num-workers", str(budget.workers), "--sweeps", "0",
-            "--batch-size", str(budget.batch_size), "--checkpointing-steps", str(budget.checkpointing_steps),
-            "--resume-from-checkpoint", "latest", "--logging-steps", "25", "--full-jpeg-decode"]
+    def ensure_waymo_world() -> None:
+        """Write the Waymo world when a transfer cell first needs it (whole or not at all)."""
+        if not os.path.isdir(waymo_root):
+            print(f"writing a synthetic Waymo v2 world of {budget.waymo_segments} x {budget.waymo_frames} frames "
+                  f"({budget.waymo_validation_segments} segments for validation) to {waymo_root}", flush=True)
+            shutil.rmtree(waymo_root + ".partial", ignore_errors=True)
+            write_world("waymo", waymo_root + ".partial", [
+                "--scenes", str(budget.waymo_segments), "--samples-per-scene", str(budget.waymo_frames),
+                "--validation-segments", str(budget.waymo_validation_segments),
+                "--workers", str(max(budget.workers, 1))])
+            os.replace(waymo_root + ".partial", waymo_root)
+        if args.record:
+            check_world(waymo_fingerprint(waymo_root), os.path.join(args.record, "waymo_world.json"), waymo_root)
+
+    # Full JPEG decoding on the nuScenes world: the record's cells were made before reduced-scale decoding
+    # existed, and every arm sees the same pixels. The Waymo cells came after it and decode at reduced scale.
+    common = ["--num-workers", str(budget.workers), "--sweeps", "0", "--batch-size", str(budget.batch_size),
+              "--checkpointing-steps", str(budget.checkpointing_steps), "--resume-from-checkpoint", "latest",
+              "--logging-steps", "25"]
+    data = ["--dataroot", dataroot, "--version", VERSION, *common, "--full-jpeg-decode"]
+    waymo_data = ["--dataset", "waymo", "--dataroot", waymo_root, *common]
     teacher = teacher_dir(out, args)
     stage("LiDAR teacher", "train_lidar_teacher.py", teacher,
           [*data, "--train-split", "train", "--val-split", "val", "--max-steps", str(budget.teacher_steps),
@@ -544,6 +617,13 @@ def main(argv=None) -> None:
     print("recipes chosen on the held-out training scenes: "
           + ", ".join(f"{arm} {recipe_name(r)}" for arm, r in recipes.items()))
 
+    def needs_of(arm: str, protocol: str, seed: int):
+        def needs() -> None:
+            if protocol == "waymo":
+                ensure_waymo_world()
+            ensure_pretrained(arm, seed)
+        return needs
+
     for arm, protocol, seed in cells(args, budget):
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
@@ -551,10 +631,9 @@ def main(argv=None) -> None:
         stage(f"finetuning {arm}, {protocol}, seed {seed}",
               "finetune_segmentation.py" if segment else "finetune_detection.py",
               os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
-              [*data, "--train-split", train_split, "--val-split", val_split, "--seed", str(seed), *init_of(arm, seed),
-               *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]), *curve,
-               *(["--freeze-encoder"] if frozen else [])], "metrics.json",
-              needs=lambda arm=arm, seed=seed: ensure_pretrained(arm, seed))
+              [*(waymo_data if protocol == "waymo" else data), "--train-split", train_split, "--val-split", val_split,
+               "--seed", str(seed), *init_of(arm, seed), *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]),
+               *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json", needs=needs_of(arm, protocol, seed))
 
     results = collect(out, args, budget, recipes)
     write_results(out, results, args.record)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nuScenes non-key camera frames between keyframes (real data: 5)")
     parser.add_argument("--lidar-sweeps", type=non_negative_int, default=4,
                         help="nuScenes non-key LiDAR sweeps between keyframes (real data: 9)")
+    parser.add_argument("--validation-segments", type=non_negative_int, default=None,
+                        help="Waymo: how many of the segments (the first ones) go to validation, the rest to "
+                        "training (default: two, or all if fewer)")
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     return parser
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.format == "nuscenes" and args.version == "v1.0-mini" and args.scenes > 10:
         parser.error(f"--scenes {args.scenes}: v1.0-mini has 10 scene names; use --version v1.0-trainval for more")
+    if args.format == "waymo" and (args.validation_segments or 0) > args.scenes:
+        parser.error(f"--validation-segments {args.validation_segments}: more than the {args.scenes} --scenes")
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         parser.error(f"--out {args.out} exists and is not empty; pass --overwrite to write into it")
     started = time.perf_counter()
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from .waymo_writer import write_waymo
 
         summary = write_waymo(args.out, num_segments=args.scenes, frames_per_segment=args.samples_per_scene,
-                              seed=args.seed, workers=args.workers)
+                              seed=args.seed, workers=args.workers, validation_segments=args.validation_segments)
     print(f"wrote a synthetic {args.format} world to {os.path.abspath(args.out)} in "
           f"{time.perf_counter() - started:.1f} s")
     for key, value in summary.items():

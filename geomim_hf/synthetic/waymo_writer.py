@@ -94,16 +94,21 @@ def write_waymo(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    validation_segments: int | None = None,
 ) -> dict:
     """Simulate ``num_segments`` segments of ``frames_per_segment`` frames (10 Hz) and write them
-    under ``root`` as Waymo v2 parquet. The first two segments go to ``validation``, the rest to
-    ``training``. Returns a summary of what was written."""
+    under ``root`` as Waymo v2 parquet. The first ``validation_segments`` segments (default: two, or all if
+    fewer) go to ``validation``, the rest to ``training``. Returns a summary of what was written."""
+    if validation_segments is None:
+        validation_segments = min(2, num_segments)
+    if not 0 <= validation_segments <= num_segments:
+        raise ValueError(f"validation_segments={validation_segments}: expected 0 to num_segments={num_segments}")
     segments = []
     for index in range(num_segments):
         rig = waymo_rig(np.random.default_rng([seed, index, 13]))
         keyframe_times = np.arange(frames_per_segment) * FRAME_INTERVAL
         scene = simulate_scene(index, seed, location_grid(seed, LOCATION), keyframe_times, 0.0, visibility_rig=rig)
-        split = "validation" if index < 2 else "training"
+        split = "validation" if index < validation_segments else "training"
         segments.append((scene, rig, split, segment_name(seed, index)))
 
     jobs = [(scene, rig, k, seed) for scene, rig, _, _ in segments for k in range(frames_per_segment)]

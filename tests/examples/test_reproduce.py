@@ -31,9 +31,10 @@ def test_t_interval_is_scipys():
 def test_cells_run_the_main_comparison_first_and_the_secondary_on_fewer_seeds(tmp_path):
     reproduce = load_example("reproduce")
     args = reproduce.parse_args(["--out", str(tmp_path), "--arms", "random", "geomim", "depth", "geomim-no-cva",
-                                 "--protocols", "full", "probe", "label", "--seeds", "0", "1"])
+                                 "--protocols", "full", "probe", "label", "waymo", "--seeds", "0", "1"])
     budget = dataclasses.replace(reproduce.BUDGETS["smoke"], secondary_seeds=1)
-    main = [(arm, protocol, seed) for seed in (0, 1) for protocol in ("full", "probe") for arm in ("random", "geomim")]
+    main = [(arm, protocol, seed) for seed in (0, 1) for protocol in ("full", "probe", "waymo")
+            for arm in ("random", "geomim")]
     secondary = [("depth", "probe", 0), ("geomim-no-cva", "probe", 0), ("random", "label", 0), ("geomim", "label", 0)]
     assert list(reproduce.cells(args, budget)) == main + secondary
     everywhere = list(reproduce.cells(args, dataclasses.replace(budget, secondary_seeds=None)))
@@ -54,7 +55,7 @@ def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims(
 def test_results_summarise_the_cells_found(tmp_path):
     reproduce = load_example("reproduce")
     args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
-                                 "--protocols", "full", "probe", "segment", "--seeds", "0", "1"])
+                                 "--protocols", "full", "probe", "segment", "waymo", "--seeds", "0", "1"])
     budget = reproduce.BUDGETS["smoke"]
     rng = np.random.default_rng(0)
     written = {}
@@ -78,11 +79,38 @@ def test_results_summarise_the_cells_found(tmp_path):
     miou = [written["geomim", "segment", s]["4"]["mIoU"] for s in (0, 1)]
     assert summary["geomim", "segment", 4]["mIoU"]["mean"] == pytest.approx(np.mean(miou))
     assert "NDS" not in summary["geomim", "segment", 4] and "mIoU" not in entry
+    apl = [written["random", "waymo", s]["4"]["LET-3D-APL/LEVEL_2"] for s in (0, 1)]
+    assert summary["random", "waymo", 4]["LET-3D-APL/LEVEL_2"]["mean"] == pytest.approx(np.mean(apl))
+    assert set(summary["random", "waymo", 4]) - {"arm", "protocol", "steps", "seeds"} == set(reproduce.WAYMO_REPORTED)
     reproduce.write_results(str(tmp_path), results)
     table = (tmp_path / "results.md").read_text()
     assert "| geomim | 4 | 1 |" in table and f"{np.mean(nds):.3f} ± " in table
     assert "## segment\n\n| arm | steps | seeds | mIoU | IoU/drivable_area |" in table and f"{np.mean(miou):.3f} ± " in table
+    assert "## waymo\n\n| arm | steps | seeds | LET-3D-APL/LEVEL_2 | LET-3D-AP/LEVEL_2 |" in table
+    assert f"| random | 4 | 2 | {np.mean(apl):.3f} ± " in table
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+def test_a_waymo_world_that_differs_from_the_record_is_refused(waymo_root, tmp_path):
+    import pyarrow.parquet as pq
+
+    reproduce = load_example("reproduce")
+    world = tmp_path / "waymo"
+    shutil.copytree(waymo_root, world)
+    path = tmp_path / "record" / "waymo_world.json"
+    found = reproduce.waymo_fingerprint(str(world))
+    assert set(found) == {f"validation/{component}" for component in reproduce.WAYMO_TABLES}
+    reproduce.check_world(found, str(path), str(world))  # recorded
+    reproduce.check_world(reproduce.waymo_fingerprint(str(world)), str(path), str(world))  # the same world passes
+    # One box moved by a millimetre: its table is named.
+    box = next((world / "validation" / "lidar_box").iterdir())
+    table = pq.read_table(box)
+    column = "[LiDARBoxComponent].box.center.x"
+    moved = table.set_column(table.schema.get_field_index(column), column,
+                             [[x + 1e-3 if i == 0 else x for i, x in enumerate(table.column(column).to_pylist())]])
+    pq.write_table(moved, box)
+    with pytest.raises(SystemExit, match=r"tables \['validation/lidar_box'\] differ"):
+        reproduce.check_world(reproduce.waymo_fingerprint(str(world)), str(path), str(world))
 
 
 def test_smoke_study_runs_and_resumes(tmp_path):
@@ -90,7 +118,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     record = tmp_path / "record"
     tmp_path = tmp_path / "out"
     command = [sys.executable, str(REPO / "examples" / "reproduce.py"), "--out", str(tmp_path), "--budget", "smoke",
-               "--arms", "random", "geomim", "--protocols", "full", "probe", "segment", "--seeds", "0", "--record",
+               "--arms", "random", "geomim", "--protocols", "full", "probe", "segment", "waymo", "--seeds", "0",
+               "--record",
                str(record)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -101,10 +130,13 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert set(results["search"]["light lr 0.001"]["held_out_NDS"]) == {"random", "geomim"}
     found = {(c["arm"], c["protocol"], c["steps"]) for c in results["cells"]}
     assert found == {("random", "full", 2), ("random", "full", 4), ("geomim", "full", 2), ("geomim", "full", 4),
-                     ("random", "probe", 4), ("geomim", "probe", 4), ("random", "segment", 4), ("geomim", "segment", 4)}
+                     ("random", "probe", 4), ("geomim", "probe", 4), ("random", "segment", 4), ("geomim", "segment", 4),
+                     ("random", "waymo", 4), ("geomim", "waymo", 4)}
     for cell in results["cells"]:
         if cell["protocol"] == "segment":  # BEVFusion's IoU (NaN for a class absent from val and never predicted)
             assert all(math.isnan(cell[k]) or 0.0 <= cell[k] <= 1.0 for k in reproduce.SEGMENT_REPORTED)
+        elif cell["protocol"] == "waymo":
+            assert all(0.0 <= cell[k] <= 1.0 for k in reproduce.WAYMO_REPORTED)
         else:
             assert 0.0 <= cell["NDS"] <= 1.0 and cell["mATE"] >= 0.0
     # The probe's encoder stayed as pretrained; the full finetuning's moved.
@@ -115,6 +147,16 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     probe = load_file(tmp_path / "finetune" / "geomim-probe-seed0" / "model.safetensors")
     full = load_file(tmp_path / "finetune" / "geomim-full-seed0" / "model.safetensors")
     assert (probe[key] == pretrained[key]).all() and not (full[key] == pretrained[key]).all()
+    # The transfer: a Waymo detector (five views, Waymo's classes) finetuned from the nuScenes-world encoder, on
+    # the Waymo world's training segments.
+    waymo = tmp_path / "finetune" / "geomim-waymo-seed0"
+    config = json.loads((waymo / "config.json").read_text())
+    assert config["num_views"] == 5 and tuple(config["class_names"]) == reproduce.WAYMO_CLASSES
+    assert json.loads((waymo / "metrics.json").read_text())["init"] == str(tmp_path / "pretrain" / "geomim-seed0")
+    smoke = reproduce.BUDGETS["smoke"]
+    assert len(list((tmp_path / "waymo" / "training" / "lidar_box").iterdir())) == \
+        smoke.waymo_segments - smoke.waymo_validation_segments
+    assert (record / "waymo_world.json").is_file()
     # GeoMIM's pretraining started from the pixel-MIM arm's encoder (the official recipe starts from MixMAE's)
     summary = json.loads((tmp_path / "pretrain" / "geomim-seed0" / "training_summary.json").read_text())
     assert summary["encoder init"] == str(tmp_path / "pretrain" / "pixel-seed0")
@@ -133,6 +175,7 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
     ran = [line for line in fresh.stdout.splitlines() if line.startswith("$ ")]
     assert len(ran) == 1 and "cache_teacher_features.py" in ran[0], ran
+    assert not (tmp_path / "waymo").exists()  # no Waymo cell to run: its world is not written
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
     # A cell missing from the record is finetuned again from the recorded encoder (no pretraining), and comes out

@@ -11,6 +11,7 @@ from geomim_hf.data.classes import DETECTION_CLASS_ATTRIBUTES, NUSCENES_DETECTIO
 from geomim_hf.data.geometry import box_corners, wrap_angle
 from geomim_hf.synthetic.nuscenes_writer import write_nuscenes
 from geomim_hf.synthetic.sensors import nuscenes_rig
+from geomim_hf.synthetic.waymo_writer import segment_name
 from geomim_hf.synthetic.world import CLASS_SPECS, RoadGrid, lane_path, location_grid, simulate_scene
 from geomim_hf.synthetic.cli import main
 
@@ -132,6 +133,7 @@ def test_written_world_is_byte_identical_for_a_seed(tmp_path):
         (["--format", "nuscenes", "--out", "X", "--scenes", "0"], "positive integer"),
         (["--format", "nuscenes", "--out", "X", "--scenes", "11"], "v1.0-trainval"),
         (["--format", "nuscenes", "--out", "X", "--lidar-sweeps", "-1"], ">= 0"),
+        (["--format", "waymo", "--out", "X", "--scenes", "2", "--validation-segments", "3"], "more than the 2"),
     ],
 )
 def test_cli_rejects_bad_arguments(argv, message, capsys):
@@ -152,9 +154,11 @@ def test_cli_refuses_a_non_empty_output(tmp_path, capsys):
 def test_cli_writes_a_world(tmp_path):
     out = tmp_path / "world"
     result = subprocess.run(
-        [sys.executable, "-m", "geomim_hf.synthetic", "--format", "waymo", "--out", str(out), "--scenes", "1",
-         "--samples-per-scene", "1", "--workers", "1"],
+        [sys.executable, "-m", "geomim_hf.synthetic", "--format", "waymo", "--out", str(out), "--scenes", "2",
+         "--samples-per-scene", "1", "--workers", "1", "--validation-segments", "1"],
         capture_output=True, text=True, check=True,
     )
     assert "wrote a synthetic waymo world" in result.stdout
-    assert (out / "validation" / "lidar_box").is_dir()
+    # The first segment is validation, the second training.
+    for split, index in (("validation", 0), ("training", 1)):
+        assert [p.name for p in (out / split / "lidar_box").iterdir()] == [f"{segment_name(0, index)}.parquet"]
