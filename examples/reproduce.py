@@ -172,7 +172,8 @@ def parse_args(argv=None):
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--max-stages", type=int, default=None,
-                        help="stop after running this many stages (a piece of the study; run again to go on)")
+                        help="stop after running this many stages (a piece of the study; run again to go on); 0 "
+                        "only rewrites the tables of --protocols and --arms from the cells found")
     parser.add_argument("--world", default=None, help="an existing synthetic v1.0-trainval world to use")
     parser.add_argument("--teacher", default=None, help="an existing teacher folder (with metrics.json) to use")
     parser.add_argument("--record", default=None,
@@ -502,10 +503,12 @@ def main(argv=None) -> None:
             recorded = os.path.join(args.record, "teacher")
         if recorded:
             record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
+        if args.max_stages is not None and stages_run >= args.max_stages:
+            return  # (--max-stages 0 only rewrites the tables)
         if not os.path.isfile(os.path.join(output_dir, done_file)) and needs is not None:
             needs()
-        if args.max_stages is not None and stages_run >= args.max_stages:
-            return
+            if args.max_stages is not None and stages_run >= args.max_stages:
+                return
         if run_stage(name, script, output_dir, arguments, done_file):
             stages_run += 1
             if recorded:

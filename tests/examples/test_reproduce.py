@@ -204,6 +204,18 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert reproduce.same_tensors(str(kept), str(recorded_encoder))
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
+    # --max-stages 0 runs nothing, not even what a missing cell needs first (the Waymo world: this machine has
+    # not written it), and writes the tables from the cells found.
+    assert not (tmp_path / "waymo").exists()
+    shutil.rmtree(tmp_path / "finetune" / "geomim-waymo-seed0")
+    shutil.rmtree(record / "finetune" / "geomim-waymo-seed0")
+    tables = subprocess.run([*command, "--max-stages", "0"], capture_output=True, text=True, env=env)
+    assert tables.returncode == 0, tables.stdout[-3000:] + tables.stderr[-3000:]
+    assert not [line for line in tables.stdout.splitlines() if line.startswith("$ ")]
+    assert not (tmp_path / "waymo").exists()
+    assert {(c["arm"], c["protocol"]) for c in json.loads((record / "results.json").read_text())["cells"]} == \
+        {(c["arm"], c["protocol"]) for c in results["cells"]} - {("geomim", "waymo")}
+
     # A world that is not the recorded one is refused, naming the record.
     tables = json.loads((record / "world.json").read_text())
     tables["sample.json"] = "0" * 64
