@@ -277,7 +277,7 @@ def write_results(out: str, results: dict, record: str | None = None) -> None:
             with open(os.path.join(folder, name + ".partial"), "w") as handle:
                 handle.write(text)
             os.replace(os.path.join(folder, name + ".partial"), os.path.join(folder, name))
-        if results["summary"]:
+        if any(entry["protocol"] == "full" for entry in results["summary"]):
             plot_learning_curve(results, os.path.join(folder, "learning_curve.png"))
 
 
@@ -613,6 +613,10 @@ def main(argv=None) -> None:
                 json.dump(value, handle, indent=2)
     missing = [arm for arm in args.arms if arm not in recipes]
     if missing:
+        if args.record:  # the recorded cells still make the tables
+            for arm, protocol, seed in cells(args, budget):
+                folder = os.path.join("finetune", f"{arm}-{protocol}-seed{seed}")
+                record_stage(os.path.join(out, folder), os.path.join(args.record, folder), "metrics.json", True)
         write_results(out, collect(out, args, budget, recipes), args.record)
         print(f"stopped before the study: the recipe search is not complete for {missing} ({stages_run} stages "
               "run; the secondary arms take geomim's recipe, so they need geomim in --arms)")

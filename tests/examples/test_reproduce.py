@@ -215,6 +215,14 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert not (tmp_path / "waymo").exists()
     assert {(c["arm"], c["protocol"]) for c in json.loads((record / "results.json").read_text())["cells"]} == \
         {(c["arm"], c["protocol"]) for c in results["cells"]} - {("geomim", "waymo")}
+    # An arm whose recipe search has not run (pixel) stops the study before its cells, and the recorded cells of
+    # the others still make the tables.
+    shutil.rmtree(tmp_path / "finetune")
+    pixel = [*command[:command.index("--arms") + 1], "pixel", *command[command.index("--arms") + 1:]]
+    tables = subprocess.run([*pixel, "--max-stages", "0"], capture_output=True, text=True, env=env)
+    assert tables.returncode == 0 and "not complete for ['pixel']" in tables.stdout, tables.stdout[-3000:]
+    assert {(c["arm"], c["protocol"]) for c in json.loads((record / "results.json").read_text())["cells"]} == \
+        {(c["arm"], c["protocol"]) for c in results["cells"]} - {("geomim", "waymo")}
 
     # A world that is not the recorded one is refused, naming the record.
     tables = json.loads((record / "world.json").read_text())
