@@ -17,6 +17,7 @@ from geomim_hf.evaluation.waymo import (
     longitudinal_affinity,
     match_pairs,
     range_aligned_centers,
+    share_outside_grid,
 )
 
 SENSOR = (1.43, 0.0, 2.18)
@@ -179,3 +180,11 @@ def test_inputs_are_checked():
         let_3d_metrics([{**frame, "scores": [0.5, 0.4]}], [truth])
     with pytest.raises(ValueError, match=r"no threshold for classes \['cyclist'\]"):
         let_3d_metrics([frame], [truth], iou_thresholds={"vehicle": 0.5, "pedestrian": 0.3})
+
+
+def test_share_outside_grid_counts_centres_beyond_the_extent():
+    boxes = [np.array([_box(0.0), _box(60.0)]), np.array([_box(10.0, -52.0), _box(51.2, 51.2)]), np.zeros((0, 7))]
+    # (60, 0) and (10, -52) are outside [-51.2, 51.2]^2; a centre on the edge is inside.
+    assert share_outside_grid(boxes, (-51.2, 51.2), (-51.2, 51.2)) == pytest.approx(2 / 4)
+    assert share_outside_grid(boxes, (-75.0, 75.0), (-75.0, 75.0)) == 0.0
+    assert share_outside_grid([], (-1.0, 1.0), (-1.0, 1.0)) == 0.0
