@@ -25,8 +25,9 @@ already in ``--out``, so any stop continues where it was:
    ``train_detect``, a quarter of the labelled scenes); and ``segment``, BEV map segmentation
    (``finetune_segmentation.py`` on ``train``, BEVFusion's mIoU on ``val``), with one recipe for every
    arm (``SEGMENT_RECIPE``, not searched). The main comparison (``random``, ``pixel``, ``geomim`` under
-   ``full``, ``probe`` and ``segment``) runs first, on every seed; the secondary cells (``label``, and the
-   probe of ``depth`` and of the ablations) follow, on the budget's first ``secondary_seeds``;
+   ``full``, ``probe``, ``segment`` and ``waymo``) runs first, on every seed; the secondary cells
+   (``label``, and the probe of ``depth`` and of the ablations) follow, on the budget's first
+   ``secondary_seeds``;
 6. ``waymo``, the transfer (a main protocol, every seed): a synthetic Waymo v2 world (its own rig of five
    cameras of two sizes, three classes), written when its first cell needs it; each main arm's detector
    finetuned on its ``training`` segments from the nuScenes-world encoder, with the arm's recipe from the
