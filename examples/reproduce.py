@@ -45,14 +45,15 @@ Of a pretraining the encoder is recorded (``encoder.safetensors``, the weights f
 ``geomim-small``), not the decoder, and restored as the pretraining's ``model.safetensors``, so a later
 machine finetunes from the same encoder without pretraining again; a pretraining run again (its encoder
 removed from the record) that does not reproduce the recorded encoder says so. The world is rewritten
-from its seed (with one BLAS kernel, so that it is the same on every x86 machine); its tables' sha256 is
-recorded, and a world that differs is refused.
+from its seed (with one BLAS kernel, so that it is the same on every x86 machine); the sha256 of its tables and
+of its first LiDAR sweep and image are recorded, and a world that differs is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
@@ -61,6 +62,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quickstart import run_stage  # noqa: E402  (the sibling example script)
@@ -350,10 +353,26 @@ def record_stage(output_dir: str, recorded: str, done_file: str, restorable: boo
                overwrite=True)
 
 
-def nuscenes_fingerprint(dataroot: str) -> dict:
-    """The sha256 of each table of the nuScenes world."""
-    tables = os.path.join(dataroot, VERSION)
-    return {name: sha256(os.path.join(tables, name)) for name in sorted(os.listdir(tables)) if name.endswith(".json")}
+def pixels_sha256(image) -> str:
+    """The sha256 of an image's decoded RGB pixels (a path or a file object): the JPEG's bytes also name the
+    encoder, its pixels are what the cameras saw."""
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        return hashlib.sha256(np.asarray(opened.convert("RGB")).tobytes()).hexdigest()
+
+
+def nuscenes_fingerprint(dataroot: str, version: str = VERSION) -> dict:
+    """The sha256 of each table of the nuScenes world, and of the first keyframe's LiDAR sweep and front image:
+    the tables alone do not change when only the renderer does."""
+    tables = os.path.join(dataroot, version)
+    found = {name: sha256(os.path.join(tables, name)) for name in sorted(os.listdir(tables)) if name.endswith(".json")}
+    files = [row["filename"] for row in json.load(open(os.path.join(tables, "sample_data.json")))]
+    lidar = min(name for name in files if name.startswith("samples/LIDAR_TOP/"))
+    camera = min(name for name in files if name.startswith("samples/CAM_FRONT/"))
+    found[lidar] = sha256(os.path.join(dataroot, lidar))
+    found[f"{camera} (pixels)"] = pixels_sha256(os.path.join(dataroot, camera))
+    return found
 
 
 def waymo_fingerprint(root: str) -> dict:
@@ -372,19 +391,28 @@ def waymo_fingerprint(root: str) -> dict:
                 rows = pq.read_table(os.path.join(folder, name)).to_pylist()
                 digest.update(name.encode() + json.dumps(rows, sort_keys=True).encode())
             found[f"{split}/{component}"] = digest.hexdigest()
+        folder = os.path.join(root, split, "camera_image")
+        if os.path.isdir(folder):  # the first image of the split's first segment
+            table = pq.read_table(os.path.join(folder, sorted(os.listdir(folder))[0]))
+            first = table.column("[CameraImageComponent].image")[0].as_py()
+            found[f"{split}/camera_image (pixels of the first)"] = pixels_sha256(io.BytesIO(first))
     return found
 
 
 def check_world(found: dict, path: str, where: str) -> None:
     """Record a world's fingerprint (``found``: {table: sha256}) at ``path``, or refuse a world that differs from
-    the recorded one: cells made on two different worlds must never be mixed in one table."""
+    the recorded one: cells made on two different worlds must never be mixed in one table. Entries the record
+    lacks (a fingerprint recorded before they existed) are added when the rest agrees."""
     if os.path.isfile(path):
         recorded = json.load(open(path))
-        changed = sorted(name for name in set(found) | set(recorded) if found.get(name) != recorded.get(name))
+        changed = sorted(name for name in recorded if found.get(name) != recorded[name])
         if changed:
             raise SystemExit(f"the world in {where} is not the one recorded in {path} (tables {changed} differ): "
                              "rewrite it from the same seed and code, or record to a new --record folder")
-        return
+        if set(found) <= set(recorded):
+            return
+        print(f"note: {path} did not hold {sorted(set(found) - set(recorded))}; recorded from this world, whose "
+              "other entries agree", flush=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(found, handle, indent=2)

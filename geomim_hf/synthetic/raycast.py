@@ -101,24 +101,57 @@ def _world_normals(box: np.ndarray, axis: np.ndarray, sign: np.ndarray) -> tuple
     return cos * local_x - sin * local_y, sin * local_x + cos * local_y, np.where(axis == 2, sign, 0).astype(np.float32)
 
 
+def _vehicle_parts(box: np.ndarray, axis: np.ndarray, hit_box) -> dict[str, np.ndarray]:
+    """Where the rays hit a vehicle's parts (masks over the hits). Front and back differ, as on a real car: the
+    cabin sits towards the back, lamps and a bumper mark the front, tail lamps and the plate the back. A cuboid
+    painted alike at both ends leaves the sign of its heading unobservable to any sensor, and a detector's yaw
+    regression then collapses to no direction at all."""
+    hx, hy, hz = hit_box
+    half = 0.5 * box[3:6]
+    height = (hz + half[2]) / box[5]  # 0 at the bottom, 1 at the top
+    across = hy / max(half[1], 1e-6)  # -1 to 1 across the front and back faces
+    from_rear = hx / half[0]  # -1 at the back, +1 at the front (side faces)
+    front, rear = (axis == 0) & (hx > 0), (axis == 0) & (hx < 0)
+    glass = (height > 0.6) & (height < 0.86)
+    return {
+        "glass": ((axis == 1) & glass & (from_rear > -0.8) & (from_rear < 0.35))
+        | ((axis == 0) & glass & (np.abs(across) < 0.8)),  # side windows, windscreen, rear window
+        "wheels": (axis != 2) & (height < 0.2),  # and the shadow under the body
+        "bumper": front & (height >= 0.2) & (height < 0.3),
+        "headlamps": front & (height > 0.3) & (height < 0.45) & (np.abs(across) > 0.55),
+        "tail_lamps": rear & (height > 0.4) & (height < 0.58) & (np.abs(across) > 0.55),
+        "plate": rear & (height > 0.25) & (height < 0.38) & (np.abs(across) < 0.25),
+        "roof": axis == 2,
+        "bonnet": (axis == 2) & (from_rear > 0.4),
+    }
+
+
+# A vehicle part's brightness factor in the camera, in painting order (later parts over earlier ones).
+VEHICLE_BRIGHTNESS = {"glass": 0.35, "wheels": 0.3, "bumper": 0.5, "headlamps": 1.8, "tail_lamps": 0.15,
+                      "plate": 1.3, "roof": 0.85, "bonnet": 1.05}
+# A vehicle part's LiDAR reflectivity where it is not the body's: glass returns little, the rear reflectors
+# in the tail lamps and the plate are retroreflective.
+VEHICLE_REFLECTIVITY = {"glass": 0.05, "tail_lamps": 0.95, "plate": 0.95}
+
+
 def _surface_pattern(kind: int, box: np.ndarray, axis: np.ndarray, hit_box) -> np.ndarray:
     """Brightness factor that paints a texture on a box; hue is never changed, so a class keeps its
     colour under any pattern."""
     hx, hy, hz = hit_box
     half = 0.5 * box[3:6]
     height = (hz + half[2]) / box[5]  # 0 at the bottom, 1 at the top
-    along = np.where(axis == 1, hx / half[0], hy / max(half[1], 1e-6))
-    side = axis != 2
     factor = np.ones(axis.shape, dtype=np.float32)
     if kind == KIND_VEHICLE:
-        factor[side & (height > 0.6) & (height < 0.86) & (np.abs(along) < 0.8)] = 0.35  # windows
-        factor[side & (height < 0.2)] = 0.3  # wheels and shadow
-        factor[axis == 2] = 0.85
+        parts = _vehicle_parts(box, axis, hit_box)
+        for part, brightness in VEHICLE_BRIGHTNESS.items():
+            factor[parts[part]] = brightness
     elif kind == KIND_PERSON:
         factor[height < 0.42] = 0.55  # trousers
         factor[height > 0.86] = 1.25  # head, lighter
     elif kind == KIND_CYCLE:
         factor[height < 0.35] = 0.45
+        factor[(axis == 0) & (hx > 0) & (height > 0.45) & (height < 0.6)] = 1.6  # headlamp
+        factor[(axis == 0) & (hx < 0) & (height > 0.45) & (height < 0.6)] = 0.2  # tail lamp
     elif kind == KIND_CONE:
         factor[(height > 0.62) & (height < 0.76)] = 1.35
     elif kind == KIND_BARRIER:
@@ -127,7 +160,7 @@ def _surface_pattern(kind: int, box: np.ndarray, axis: np.ndarray, hit_box) -> n
         metres_up = hz + half[2]
         along_metres = np.where(axis == 1, hx, hy)
         floor_position = metres_up % 3.2
-        window = side & (floor_position > 1.0) & (floor_position < 2.3) & (along_metres % 2.6 < 1.5) & (metres_up > 1.0)
+        window = (axis != 2) & (floor_position > 1.0) & (floor_position < 2.3) & (along_metres % 2.6 < 1.5) & (metres_up > 1.0)
         factor[window] = 0.45
     return factor
 
@@ -303,6 +336,7 @@ def cast_lidar(
     owner = np.full(num_beams * num_columns, -1, dtype=np.int32)
     incidence = np.zeros(num_beams * num_columns)
     incidence[down] = -rays_global[down, 2]  # cosine to the ground normal (0, 0, 1)
+    surface_reflectivity = np.zeros(num_beams * num_columns)  # of the nearest box hit so far
 
     lidar_from_global = invert_rigid(global_from_lidar)
     azimuth_order = np.argsort(azimuths)
@@ -332,12 +366,17 @@ def cast_lidar(
         wins = t < distance[ray_ids]
         if not wins.any():
             continue
-        axis, sign, _ = hits.surface(wins)
+        axis, sign, hit_box = hits.surface(wins)
         ray_ids, rays = ray_ids[wins], rays[wins]
         nx, ny, nz = _world_normals(box, axis, sign)
         distance[ray_ids] = t[wins]
         owner[ray_ids] = index
         incidence[ray_ids] = np.abs(nx * rays[:, 0] + ny * rays[:, 1] + nz * rays[:, 2])
+        surface_reflectivity[ray_ids] = world.reflectivity[index]
+        if world.kinds[index] == KIND_VEHICLE:
+            parts = _vehicle_parts(box, axis, hit_box)
+            for part, value in VEHICLE_REFLECTIVITY.items():
+                surface_reflectivity[ray_ids[parts[part]]] = value
 
     valid = distance <= max_range
     reflectivity = np.zeros(num_beams * num_columns)
@@ -345,7 +384,7 @@ def cast_lidar(
     hits_ground = origin + distance[on_ground, None] * rays_global[on_ground]
     reflectivity[on_ground] = world.ground.appearance(hits_ground[:, 0], hits_ground[:, 1])[1]
     on_box = valid & (owner >= 0)
-    reflectivity[on_box] = world.reflectivity[owner[on_box]]
+    reflectivity[on_box] = surface_reflectivity[on_box]
     intensity = np.clip(255.0 * reflectivity * (0.35 + 0.65 * incidence), 0.0, 255.0)
     if range_noise > 0:
         rng = rng if rng is not None else np.random.default_rng(0)

@@ -2,6 +2,7 @@
 run end to end as a user runs it."""
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -92,6 +93,7 @@ def test_results_summarise_the_cells_found(tmp_path):
 
 
 def test_a_waymo_world_that_differs_from_the_record_is_refused(waymo_root, tmp_path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     reproduce = load_example("reproduce")
@@ -99,9 +101,30 @@ def test_a_waymo_world_that_differs_from_the_record_is_refused(waymo_root, tmp_p
     shutil.copytree(waymo_root, world)
     path = tmp_path / "record" / "waymo_world.json"
     found = reproduce.waymo_fingerprint(str(world))
-    assert set(found) == {f"validation/{component}" for component in reproduce.WAYMO_TABLES}
-    reproduce.check_world(found, str(path), str(world))  # recorded
+    image = "validation/camera_image (pixels of the first)"
+    assert set(found) == {f"validation/{component}" for component in reproduce.WAYMO_TABLES} | {image}
+    # A record from before the image was fingerprinted takes it when the rest agrees.
+    path.parent.mkdir()
+    path.write_text(json.dumps({k: v for k, v in found.items() if k != image}))
+    reproduce.check_world(found, str(path), str(world))
+    assert json.loads(path.read_text()) == found
     reproduce.check_world(reproduce.waymo_fingerprint(str(world)), str(path), str(world))  # the same world passes
+    # The renderer changed, the tables not: its first image is named.
+    segment = next((world / "validation" / "camera_image").iterdir())
+    table = pq.read_table(segment)
+    column = "[CameraImageComponent].image"
+    images = table.column(column).to_pylist()
+    from PIL import Image
+
+    first = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")).copy()
+    first[:8] = 255 - first[:8]
+    edited = io.BytesIO()
+    Image.fromarray(first).save(edited, format="JPEG", quality=95)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column,
+                                    pa.array([edited.getvalue(), *images[1:]], pa.binary())), segment)
+    with pytest.raises(SystemExit, match=r"camera_image \(pixels of the first\)"):
+        reproduce.check_world(reproduce.waymo_fingerprint(str(world)), str(path), str(world))
+    pq.write_table(table, segment)
     # One box moved by a millimetre: its table is named.
     box = next((world / "validation" / "lidar_box").iterdir())
     table = pq.read_table(box)
@@ -157,6 +180,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert len(list((tmp_path / "waymo" / "training" / "lidar_box").iterdir())) == \
         smoke.waymo_segments - smoke.waymo_validation_segments
     assert (record / "waymo_world.json").is_file()
+    sensors = [name for name in json.loads((record / "world.json").read_text()) if name.startswith("samples/")]
+    assert len(sensors) == 2 and any(name.endswith("(pixels)") for name in sensors)
     # GeoMIM's pretraining started from the pixel-MIM arm's encoder (the official recipe starts from MixMAE's)
     summary = json.loads((tmp_path / "pretrain" / "geomim-seed0" / "training_summary.json").read_text())
     assert summary["encoder init"] == str(tmp_path / "pretrain" / "pixel-seed0")

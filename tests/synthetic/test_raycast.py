@@ -80,6 +80,23 @@ def test_render_known_box_in_front_of_camera():
     np.testing.assert_allclose(image[79, 5] / 255.0, 0.3 * (1 - fade) + fade * HAZE, atol=1 / 255)
 
 
+def test_a_car_shows_its_front_and_its_back_differently():
+    """Headlamps and a bumper at the front, tail lamps at the back: a car and the same car turned round
+    render differently, so a camera can tell the sign of its heading (a cuboid painted alike at both ends
+    cannot be told from its turned twin)."""
+    intrinsics = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
+    global_from_camera = make_transform(camera_rotation(0.0), np.array([0.0, 0.0, 1.0]))
+    car = np.array([10.0, 0.0, 0.75, 4.5, 1.9, 1.5, 0.0])  # its near face at x = 7.75, 1.9 m wide, 1.5 m high
+    back, visible, _ = render_camera(world([car]), global_from_camera, intrinsics, 100, 80)
+    front, _, _ = render_camera(world([[*car[:6], np.pi]]), global_from_camera, intrinsics, 100, 80)
+    # Inside the near face: u within 50 +- 100 * 0.95 / 7.75, v within 40 + 100 * (1 - z) / 7.75, z in [0, 1.5].
+    face = (slice(35, 52), slice(39, 62))
+    assert visible[0] >= 17 * 23
+    lamps = front[face].astype(float).max((0, 1)) - back[face].astype(float).max((0, 1))
+    assert (lamps > 40).all()  # headlamps are the brightest part of either end
+    assert np.abs(front[face].astype(float) - back[face].astype(float)).mean() > 5
+
+
 def test_lidar_ranges_hand_computed():
     sensor = make_transform(np.eye(3), np.array([0.0, 0.0, 1.0]))
     scene = world([[10.0, 0.0, 1.0, 2.0, 2.0, 2.0, 0.0], [-10.0, 0.0, 1.0, 2.0, 2.0, 2.0, 0.0]])
@@ -96,3 +113,19 @@ def test_lidar_ranges_hand_computed():
     points, intensity, beam = scan.points()
     assert len(points) == np.count_nonzero(scan.range > 0)
     np.testing.assert_allclose(np.linalg.norm(points, axis=1), scan.range[scan.range > 0], rtol=1e-6)
+
+
+def test_a_lidar_tells_a_cars_back_by_its_reflectors():
+    """LiDAR intensity marks a car's ends as on a real one: the rear reflectors (tail lamps, plate) return
+    strongly, the glass weakly, the rest by the body's reflectivity, so the heading's sign is observable."""
+    sensor = make_transform(np.eye(3), np.array([0.0, 0.0, 1.0]))
+    car = np.array([10.0, 0.0, 0.75, 4.5, 1.9, 1.5, 0.0])  # reflectivity 0.5; its near face at x = 7.75
+    elevations = np.arctan(np.linspace(-1.0, 0.5, 60) / 7.75)  # over the near face's height
+    azimuths = np.linspace(-0.15, 0.15, 80)  # over its width (+-0.95 m at 7.75 m: +-0.122 rad)
+    scans = {yaw: cast_lidar(world([[*car[:6], yaw]]), sensor, elevations, azimuths, max_range=70.0)
+             for yaw in (0.0, np.pi)}
+    returns = {yaw: scan.intensity[scan.owner == 0] for yaw, scan in scans.items()}
+    assert all(len(r) > 1000 for r in returns.values())
+    assert returns[0.0].max() > 0.9 * 255 * 0.9  # seen from behind: reflectors, near head-on
+    assert returns[np.pi].max() <= 255 * 0.5 + 1e-3  # seen from the front: nothing brighter than the body
+    assert returns[np.pi].min() < 255 * 0.06 and returns[0.0].min() < 255 * 0.06  # windscreen, rear window
