@@ -55,16 +55,21 @@ def test_compile_regions_gives_the_eager_loss_and_gradients_without_recompiling_
     targets = dict(boxes=torch.tensor([[[10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.3]]]).expand(2, -1, -1),
                    velocities=torch.zeros(2, 1, 2), labels=torch.tensor([[0]] * 2),
                    attributes=torch.tensor([[0]] * 2), depth_labels=inputs["depth_labels"])
+    reference = copy.deepcopy(eager).double()  # the float64 gradients both are judged against
     losses = []
-    for model in (eager, compiled):
-        out = model(**camera, **targets)
+    for model in (eager, compiled, reference):
+        cast = (lambda x: x.double() if x.is_floating_point() else x) if model is reference else (lambda x: x)
+        out = model(**{k: cast(v) for k, v in camera.items()}, **{k: cast(v) for k, v in targets.items()})
         out.loss.backward()
         losses.append(out.loss.detach())
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for (name, expected), actual in zip(eager.named_parameters(), compiled.parameters()):
-        # summation order differs: within 1e-5 of the tensor's largest gradient
-        scale = float(expected.grad.abs().max())
-        torch.testing.assert_close(actual.grad, expected.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    for (name, exact), expected, actual in zip(reference.named_parameters(), eager.parameters(), compiled.parameters()):
+        # Float32 gradients here are off the float64 ones by up to ~4e-3 of a tensor's largest (BatchNorm on small
+        # batches), by the CPU's kernels: the compiled ones must be as accurate as the eager ones.
+        scale = float(exact.grad.abs().max())
+        eager_error = float((expected.grad.double() - exact.grad).abs().max())
+        compiled_error = float((actual.grad.double() - exact.grad).abs().max())
+        assert compiled_error <= 4 * eager_error + 1e-5 * scale, (name, compiled_error, eager_error, scale)
 
     camera["intrinsics"] = camera["intrinsics"] * torch.tensor([1.1, 1.1, 1.0])[:, None]  # longer focal length
     camera["ego_from_camera"] = camera["ego_from_camera"].clone()
