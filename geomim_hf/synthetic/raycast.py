@@ -160,7 +160,8 @@ def _surface_pattern(kind: int, box: np.ndarray, axis: np.ndarray, hit_box) -> n
         metres_up = hz + half[2]
         along_metres = np.where(axis == 1, hx, hy)
         floor_position = metres_up % 3.2
-        window = (axis != 2) & (floor_position > 1.0) & (floor_position < 2.3) & (along_metres % 2.6 < 1.5) & (metres_up > 1.0)
+        window = (axis != 2) & (floor_position > 1.0) & (floor_position < 2.3) & (along_metres % 2.6 < 1.5) \
+            & (metres_up > 1.0)
         factor[window] = 0.45
     return factor
 
