@@ -94,6 +94,66 @@ class BoxHits:
         return axis, sign, hit_box
 
 
+# A vehicle's silhouette: a bonnet lower than the cabin, so that its shape (not only its paint) shows the
+# front, to the LiDAR as to a camera. The cabin runs from the back to the bonnet.
+BONNET_LENGTH = 1.3  # metres, at most BONNET_SHARE of the vehicle's length
+BONNET_SHARE = 0.3
+BONNET_HEIGHT = 0.6  # of the vehicle's height
+
+
+def vehicle_solids(box: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The boxes whose union is the vehicle annotated by ``box`` (7,), each with its centre (3,) in the
+    annotation box's frame: the body, full length and ``BONNET_HEIGHT`` of the height, and the cabin, full
+    height from the back to the bonnet."""
+    length, height = box[3], box[5]
+    bonnet = min(BONNET_LENGTH, BONNET_SHARE * length)
+    body = ((0.0, 0.0, -0.5 * (1.0 - BONNET_HEIGHT) * height), (length, box[4], BONNET_HEIGHT * height))
+    cabin = ((-0.5 * bonnet, 0.0, 0.0), (length - bonnet, box[4], height))
+    cos, sin = np.cos(box[6]), np.sin(box[6])
+    solids = []
+    for center_box, size in (body, cabin):
+        center = box[:3] + np.array([cos * center_box[0], sin * center_box[0], center_box[2]])
+        solids.append((np.array([*center, *size, box[6]]), np.array(center_box)))
+    return solids
+
+
+def intersect_solid(origin: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, box: np.ndarray,
+                    kind: int):
+    """:func:`intersect_box` for the solid that ``box`` annotates: the box itself, or for a vehicle the union
+    of its :func:`vehicle_solids`, whose hits' surface is reported in the annotation box's frame."""
+    if kind != KIND_VEHICLE:
+        return intersect_box(origin, dx, dy, dz, box)
+    (body, body_center), (cabin, cabin_center) = vehicle_solids(box)
+    t_body, body_hits = intersect_box(origin, dx, dy, dz, body)
+    t_cabin, cabin_hits = intersect_box(origin, dx, dy, dz, cabin)
+    which = (t_cabin < t_body).astype(np.int64)  # 0: the body is hit first, 1: the cabin
+    return np.minimum(t_body, t_cabin), UnionHits([body_hits, cabin_hits], [body_center, cabin_center], which)
+
+
+@dataclass
+class UnionHits:
+    """:class:`BoxHits` of several axis-aligned solids in one box's frame; ``which`` (R,) names the solid each
+    ray hits first, and ``offsets`` place each solid's centre in the shared frame."""
+
+    parts: list
+    offsets: list
+    which: np.ndarray
+
+    def surface(self, rays):
+        index = np.arange(len(self.which))[rays]
+        which = self.which[index]
+        axis = np.empty(len(index), dtype=np.int64)
+        sign = np.empty(len(index), dtype=np.float32)
+        hit_box = [np.empty(len(index), dtype=np.float32) for _ in range(3)]
+        for part, (hits, offset) in enumerate(zip(self.parts, self.offsets)):
+            selected = which == part
+            part_axis, part_sign, part_hit = hits.surface(index[selected])
+            axis[selected], sign[selected] = part_axis, part_sign
+            for c in range(3):
+                hit_box[c][selected] = part_hit[c] + np.float32(offset[c])
+        return axis, sign, hit_box
+
+
 def _world_normals(box: np.ndarray, axis: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, ...]:
     """World-frame normals, as (nx, ny, nz), of the box faces given by ``(axis, sign)``."""
     cos, sin = np.float32(np.cos(box[6])), np.float32(np.sin(box[6]))
@@ -102,10 +162,11 @@ def _world_normals(box: np.ndarray, axis: np.ndarray, sign: np.ndarray) -> tuple
 
 
 def _vehicle_parts(box: np.ndarray, axis: np.ndarray, hit_box) -> dict[str, np.ndarray]:
-    """Where the rays hit a vehicle's parts (masks over the hits). Front and back differ, as on a real car: the
-    cabin sits towards the back, lamps and a bumper mark the front, tail lamps and the plate the back. A cuboid
-    painted alike at both ends leaves the sign of its heading unobservable to any sensor, and a detector's yaw
-    regression then collapses to no direction at all."""
+    """Where the rays hit a vehicle's parts (masks over the hits on :func:`vehicle_solids`, in the annotation box's
+    frame). Front and back differ, as on a real car: the cabin sits towards the back behind a lower bonnet, lamps
+    and a bumper mark the front, tail lamps and the plate the back. A cuboid painted alike at both ends leaves the
+    sign of its heading unobservable to any sensor, and a detector's yaw regression then collapses to no direction
+    at all."""
     hx, hy, hz = hit_box
     half = 0.5 * box[3:6]
     height = (hz + half[2]) / box[5]  # 0 at the bottom, 1 at the top
@@ -122,7 +183,7 @@ def _vehicle_parts(box: np.ndarray, axis: np.ndarray, hit_box) -> dict[str, np.n
         "tail_lamps": rear & (height > 0.4) & (height < 0.58) & (np.abs(across) > 0.55),
         "plate": rear & (height > 0.25) & (height < 0.38) & (np.abs(across) < 0.25),
         "roof": axis == 2,
-        "bonnet": (axis == 2) & (from_rear > 0.4),
+        "bonnet": (axis == 2) & (height < 0.9),  # the body's top, in front of the cabin
     }
 
 
@@ -253,7 +314,8 @@ def render_camera(world: WorldState, global_from_camera: np.ndarray, intrinsics:
             wins = t < depth[window][rays]
         else:
             rays = np.ones((v1 - v0, u1 - u0), dtype=bool)
-            t, hits = intersect_box(origin, dx[window].ravel(), dy[window].ravel(), dz[window].ravel(), box)
+            t, hits = intersect_solid(origin, dx[window].ravel(), dy[window].ravel(), dz[window].ravel(), box,
+                                      int(world.kinds[index]))
             unoccluded[index] = np.count_nonzero(np.isfinite(t))
             wins = t < depth[window].ravel()
         if not wins.any():
@@ -363,7 +425,7 @@ def cast_lidar(
             continue
         ray_ids = (beams[:, None] * num_columns + columns[None, :]).ravel()
         rays = rays_global[ray_ids]
-        t, hits = intersect_box(origin, rays[:, 0], rays[:, 1], rays[:, 2], box)
+        t, hits = intersect_solid(origin, rays[:, 0], rays[:, 1], rays[:, 2], box, int(world.kinds[index]))
         wins = t < distance[ray_ids]
         if not wins.any():
             continue

@@ -3,12 +3,15 @@ import pytest
 
 from geomim_hf.data.geometry import camera_rotation, make_transform, points_in_boxes
 from geomim_hf.synthetic.raycast import (
+    BONNET_HEIGHT,
+    BONNET_LENGTH,
     HAZE,
     HAZE_DISTANCE,
     KIND_VEHICLE,
     WorldState,
     cast_lidar,
     intersect_box,
+    intersect_solid,
     render_camera,
 )
 
@@ -51,6 +54,69 @@ def test_intersect_box_matches_ray_marching():
         half = 0.5 * box[3:6]
         on_face = np.choose(axis, hit_box) * sign
         np.testing.assert_allclose(on_face, half[axis], atol=1e-4)
+
+
+def inside_vehicle(points: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Brute force: is each point (P, 3) inside the car of annotation box ``box`` (a box of length >= 4.4 m,
+    so its bonnet is ``BONNET_LENGTH`` long): inside the box, and not above the bonnet in front of the cabin."""
+    cos, sin = np.cos(box[6]), np.sin(box[6])
+    offset = points - box[:3]
+    x, y = cos * offset[:, 0] + sin * offset[:, 1], -sin * offset[:, 0] + cos * offset[:, 1]
+    up = offset[:, 2] + 0.5 * box[5]  # metres above the box's bottom
+    in_box = (np.abs(x) < 0.5 * box[3]) & (np.abs(y) < 0.5 * box[4]) & (up > 0) & (up < box[5])
+    above_bonnet = (x > 0.5 * box[3] - BONNET_LENGTH) & (up > BONNET_HEIGHT * box[5])
+    return in_box & ~above_bonnet
+
+
+def test_a_vehicle_is_hit_where_ray_marching_enters_its_silhouette():
+    """A vehicle is a box with a lower bonnet: the exact intersection agrees with walking along each ray, and the
+    reported surface point lies on the silhouette (in the annotation box's frame) on the face it names."""
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        box = np.array([*rng.uniform(-2, 2, 2), 0.8, rng.uniform(4.4, 6), rng.uniform(1.7, 2.2),
+                        rng.uniform(1.4, 2.0), rng.uniform(-np.pi, np.pi)])
+        origin = np.array([*rng.uniform(-10, 10, 2), rng.uniform(0.3, 4.0)])
+        directions = box[:3] - origin + rng.normal(scale=[1.5, 1.5, 0.6], size=(300, 3))
+        t, hits = intersect_solid(origin, directions[:, 0], directions[:, 1], directions[:, 2], box, KIND_VEHICLE)
+        steps = np.linspace(0.0, 2.0, 8001)
+        for ray in range(len(directions)):
+            inside = np.flatnonzero(inside_vehicle(origin + steps[:, None] * directions[ray], box))
+            if len(inside) == 0:
+                assert not np.isfinite(t[ray]) or t[ray] > 2.0
+            else:
+                assert abs(t[ray] - steps[inside[0]]) <= 1.5 * (steps[1] - steps[0])
+        hit = np.isfinite(t)
+        assert hit.sum() > 100
+        axis, sign, hit_box = hits.surface(hit)
+        # Just outside the named face the point is outside the vehicle, just inside it is inside.
+        normal = np.zeros((hit.sum(), 3))
+        normal[np.arange(hit.sum()), axis] = sign
+        point_box = np.stack(hit_box, axis=1)
+        cos, sin = np.cos(box[6]), np.sin(box[6])
+        global_from_box = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+        for side, expected in ((1e-3, False), (-1e-3, True)):
+            points = (point_box + side * normal) @ global_from_box.T + box[:3]
+            assert (inside_vehicle(points, box) == expected).mean() > 0.99
+        np.testing.assert_allclose(point_box @ global_from_box.T + box[:3],
+                                   origin + t[hit, None] * directions[hit], atol=1e-4)
+
+
+def test_a_lidar_sees_a_cars_bonnet_lower_than_its_cabin():
+    """From the side, a LiDAR's returns off a car reach the roof over the cabin and only the bonnet's height over
+    the front metre: the heading's sign is in the shape, not only the paint."""
+    sensor = make_transform(np.eye(3), np.array([0.0, 0.0, 1.8]))
+    car = np.array([0.0, 8.0, 0.75, 4.5, 1.9, 1.5, 0.0])  # front towards +x, its near side at y = 7.05
+    elevations = np.radians(np.linspace(-15.0, 5.0, 80))
+    azimuths = np.radians(np.linspace(60.0, 120.0, 240))
+    for yaw in (0.0, np.pi):
+        scan = cast_lidar(world([[*car[:6], yaw]]), sensor, elevations, azimuths, max_range=70.0)
+        points = scan.points()[0][scan.owner[scan.range > 0] == 0] + sensor[:3, 3]
+        along = np.cos(yaw) * points[:, 0]  # metres towards the car's front
+        bonnet = along > 2.25 - BONNET_LENGTH + 0.1
+        cabin = along < 2.25 - BONNET_LENGTH - 0.1
+        assert bonnet.sum() > 20 and cabin.sum() > 20
+        assert points[bonnet, 2].max() == pytest.approx(BONNET_HEIGHT * 1.5, abs=0.03)
+        assert points[cabin, 2].max() == pytest.approx(1.5, abs=0.03)
 
 
 def test_render_known_box_in_front_of_camera():
