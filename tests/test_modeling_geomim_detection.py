@@ -82,7 +82,7 @@ def test_the_tiny_detector_overfits_a_few_samples(nuscenes_root, tmp_path):
                                    input_names=model.model_input_names))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    for step in range(250):
+    for step in range(400):
         batch = batches[step % len(batches)]
         out = model(**batch)
         optimizer.zero_grad()
