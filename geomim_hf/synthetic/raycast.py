@@ -2,9 +2,10 @@
 
 The world is a flat ground plane (``z = 0`` in the global frame) whose appearance comes from a
 ``ground`` object (``appearance(x, y) -> (rgb, reflectivity)``), plus solid oriented boxes: the
-annotated actors (a vehicle is two boxes, body and cabin) and unannotated buildings. Every ray is intersected exactly with the boxes it can
-reach; a box is only tested against the pixels (or LiDAR beams and columns) inside its projected
-extent, so the cost follows what is visible rather than image size times box count.
+annotated actors (a vehicle is two boxes, body and cabin) and unannotated buildings. Every ray is
+intersected exactly with the boxes it can reach; a box is only tested against the pixels (or LiDAR
+beams and columns) inside its projected extent, so the cost follows what is visible rather than
+image size times box count.
 """
 
 from __future__ import annotations
