@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..data.geometry import box_corners, clip_edges, invert_rigid, transform_points
+from ..data.geometry import box_corners, clip_edges, invert_rigid, rotation_z, transform_points
 
 # Surface kinds: they choose the texture painted on a box face.
 KIND_VEHICLE, KIND_PERSON, KIND_CYCLE, KIND_CONE, KIND_BARRIER, KIND_BUILDING = range(6)
@@ -110,10 +110,10 @@ def vehicle_solids(box: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     bonnet = min(BONNET_LENGTH, BONNET_SHARE * length)
     body = ((0.0, 0.0, -0.5 * (1.0 - BONNET_HEIGHT) * height), (length, box[4], BONNET_HEIGHT * height))
     cabin = ((-0.5 * bonnet, 0.0, 0.0), (length - bonnet, box[4], height))
-    cos, sin = np.cos(box[6]), np.sin(box[6])
+    global_from_box = rotation_z(box[6])
     solids = []
     for center_box, size in (body, cabin):
-        center = box[:3] + np.array([cos * center_box[0], sin * center_box[0], center_box[2]])
+        center = box[:3] + global_from_box @ np.array(center_box)
         solids.append((np.array([*center, *size, box[6]]), np.array(center_box)))
     return solids
 
