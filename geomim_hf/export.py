@@ -10,15 +10,18 @@ PyTorch (:class:`~geomim_hf.GeoMIMImageProcessor`); its ``processed_from_origina
 
 The BEV pooling is exported without a custom op and without precomputed indices: the camera geometry is a graph
 input, each frustum point's cell is computed in the graph (float64, as in PyTorch), and the points are summed into
-the grid by one indexed add (ONNX ``ScatterND`` with ``reduction="add"``, opset 16+), with one spill cell for the
-points outside (:func:`geomim_hf.modeling.ops.scatter_pool`). So one file serves any rig with the model's number
+the grid by one indexed add (ONNX ``ScatterElements`` with ``reduction="add"``, opset 16+), with one spill cell for
+the points outside (:func:`geomim_hf.modeling.ops.scatter_pool`). So one file serves any rig with the model's number
 of views and image size, and the previous frame's cameras can move with the ego. The price: the graph
-materialises the lifted (B * N * D * h * w, C) products that the PyTorch op never does (80 MB of float32 a frame at
-the official finetuning size: 6 views, 59 bins, 16 x 44, 80 channels; plus 2 MB of int64 indices).
+materialises the lifted (B * N * D * h * w, C) products that the PyTorch op never does, and an int64 index for each
+of their elements (80 MB of float32 and 160 MB of indices a frame at the official finetuning size: 6 views, 59 bins,
+16 x 44, 80 channels). ``ScatterND``, whose indices are a row each, is not used: onnxruntime's CPU kernel adds the
+rows on several threads without a guard, so points that share a cell lose updates now and then (its
+``ScatterElements`` gives each thread its own channels).
 
-TensorRT (not run here): onnx-tensorrt#957 reports its parser lowering ``ScatterND`` to a scatter layer that ignores
-the reduction (silently wrong sums), and the ``ScatterElements`` route goes through a TensorRT OSS plugin (release
-10.0) that onnx-tensorrt#953 reports failing when there are more indices than outputs, as here; TensorRT also
+TensorRT (not run here): the ``ScatterElements`` route goes through a TensorRT OSS plugin (release 10.0) that
+onnx-tensorrt#953 reports failing when there are more indices than outputs, as here, and onnx-tensorrt#957 reports
+its parser lowering ``ScatterND`` to a scatter layer that ignores the reduction (silently wrong sums); TensorRT also
 computes float64 as float32, which moves frustum points near cell borders. A
 fast TensorRT engine for a fixed rig would take the pooling out of the graph: precomputed point indices and
 intervals as inputs to a BEVPoolv2-style plugin (points sorted by cell, one thread block per interval), as BEVDet's
@@ -146,12 +149,12 @@ def main(argv=None) -> None:
                                                                      "num_views)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="processed image size (default the model's config.image_size; a multiple of 32)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 16 for ScatterND's add)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 16 for ScatterElements' add)")
     args = parser.parse_args(argv)
     if args.num_views is not None and args.num_views < 1:
         parser.error(f"--num-views must be >= 1, got {args.num_views}")
     if args.opset < 16:
-        parser.error(f"--opset must be >= 16 (ScatterND with reduction='add'), got {args.opset}")
+        parser.error(f"--opset must be >= 16 (ScatterElements with reduction='add'), got {args.opset}")
 
     from .modeling_geomim import load_bev_model
 

@@ -261,8 +261,13 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, indices: BevPoolIndices
 def scatter_pool(depth: torch.Tensor, context: torch.Tensor, cell_index: torch.Tensor,
                  grid_size: tuple[int, int]) -> torch.Tensor:
     """The same pooling as :func:`bev_pool` from the cell of every frustum point, for exporters: one indexed add
-    (ONNX ``ScatterND``, reduction ``add``) with no sort, no precomputed indices and no custom op, so the geometry
-    can be a graph input. It materialises the lifted (B * N*D*H*W, C) products that the op avoids.
+    (ONNX ``ScatterElements``, reduction ``add``) with no sort, no precomputed indices and no custom op, so the
+    geometry can be a graph input. It materialises the lifted (B * N*D*H*W, C) products that the op avoids, and
+    their (B * N*D*H*W, C) int64 indices.
+
+    Not ``index_put_``/``index_add`` (ONNX ``ScatterND``): onnxruntime's CPU ``ScatterND`` adds the index rows on
+    several threads with an unguarded ``+=``, so points sharing a cell lose updates now and then (seen in CI: 3e-3 of
+    a heatmap), while its ``ScatterElements`` gives each thread its own channels and adds their points in order.
 
     depth: (B, N, D, H, W); context: (B, N, C, H, W); cell_index: (B, N, D, H, W) long, the flat cell ``y * X + x``,
     -1 outside the grid. Returns (B, C, Y, X).
@@ -273,6 +278,6 @@ def scatter_pool(depth: torch.Tensor, context: torch.Tensor, cell_index: torch.T
     rows = (cells + torch.arange(batch, device=cells.device)[:, None] * (num_cells + 1)).reshape(-1)  # (B * P,)
     lifted = depth.unsqueeze(3) * context.unsqueeze(2)  # (B, N, D, C, H, W)
     lifted = lifted.permute(0, 1, 2, 4, 5, 3).reshape(-1, channels).to(accumulation_dtype(context.dtype))
-    out = lifted.new_zeros(batch * (num_cells + 1), channels).index_put_((rows,), lifted, accumulate=True)
+    out = lifted.new_zeros(batch * (num_cells + 1), channels).scatter_add_(0, rows[:, None].expand_as(lifted), lifted)
     out = out.view(batch, num_cells + 1, channels)[:, :num_cells]
     return out.to(context.dtype).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)
