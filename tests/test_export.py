@@ -1,3 +1,6 @@
+import contextlib
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -47,12 +50,21 @@ def exported_dir(tmp_path_factory):
     return path
 
 
-def test_onnx_runs_in_onnxruntime_like_pytorch(exported_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def onnx_file(exported_dir, tmp_path_factory):
+    """The CLI's ONNX file of ``exported_dir`` for four views, and what the CLI printed."""
+    path = tmp_path_factory.mktemp("onnx") / "detector.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["--model", str(exported_dir), "--format", "onnx", "--output", str(path), "--num-views", "4"])
+    return path, printed.getvalue()
+
+
+def test_onnx_runs_in_onnxruntime_like_pytorch(exported_dir, onnx_file):
     """The CLI's ONNX file, in onnxruntime on a batch size and a rig it was not traced with, gives the PyTorch
     model's heads (whose pooling is the sorted-interval op, not the exported scatter)."""
-    path = tmp_path / "detector.onnx"
-    main(["--model", str(exported_dir), "--format", "onnx", "--output", str(path), "--num-views", "4"])
-    assert f"wrote {path}" in capsys.readouterr().out
+    path, printed = onnx_file
+    assert f"wrote {path}" in printed
     model = GeoMIMForBEVDetection.from_pretrained(exported_dir).eval()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == list(input_names(model))
@@ -71,14 +83,12 @@ def test_onnx_runs_in_onnxruntime_like_pytorch(exported_dir, tmp_path, capsys):
     assert (still.heatmap - expected.heatmap).abs().max() > 1e-3
 
 
-def test_the_onnx_pooling_is_a_scatter_that_onnxruntime_adds_in_order(exported_dir, tmp_path):
+def test_the_onnx_pooling_is_a_scatter_that_onnxruntime_adds_in_order(onnx_file):
     """onnxruntime's CPU ScatterND adds its index rows on several threads without a guard, so frustum points that
     share a cell lose updates now and then (a CI run: 3e-3 of the heatmap); its ScatterElements gives each thread its
     own channels."""
     onnx = pytest.importorskip("onnx")
-    path = tmp_path / "detector.onnx"
-    main(["--model", str(exported_dir), "--format", "onnx", "--output", str(path)])
-    nodes = onnx.load(str(path)).graph.node
+    nodes = onnx.load(str(onnx_file[0])).graph.node
     scatters = [(node.op_type, {a.name: a.s for a in node.attribute}.get("reduction")) for node in nodes
                 if node.op_type.startswith("Scatter")]
     assert scatters == [("ScatterElements", b"add")] * 2, scatters  # the current and the previous frame
