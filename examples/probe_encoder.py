@@ -6,8 +6,10 @@
 For each encoder (a pretraining or ``GeoMIMModel`` folder, or ``random:PRESET`` for a randomly initialised one,
 seeded by ``--seed``), frozen and in eval mode, the stride-16 features of every camera token that holds a LiDAR
 point are fitted by ridge regression to the log of that token's LiDAR depth on ``--fit-split`` and scored on
-``--eval-split`` (R^2; 1 is exact, 0 is predicting the fit split's mean). Also the features' effective rank (the
-exponential of the entropy of their covariance spectrum) on the eval split. Same images, tokens and probe for
+``--eval-split`` (R^2; 1 is exact, 0 is predicting the fit split's mean). Also, on the eval split, the features'
+effective rank (the exponential of the entropy of their covariance spectrum) and their varying share (the part of
+their mean square that changes from token to token: near 0 for an encoder that gives every token the same vector,
+whatever the image). Same images, tokens and probe for
 every encoder; no image augmentation. The ridge penalty is chosen on the fit split alone (its keyframes halved).
 
 Depth from one token is what a camera detector's depth net must get right first; a frozen encoder whose
@@ -91,6 +93,11 @@ def effective_rank(features: torch.Tensor) -> float:
     return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
 
 
+def varying_share(features: torch.Tensor) -> float:
+    """trace(covariance) / mean squared norm of (T, C) features: 1 - |mean|^2 / E|f|^2."""
+    return float((features - features.mean(0)).pow(2).sum(-1).mean() / features.pow(2).sum(-1).mean())
+
+
 def probe(fit: tuple[torch.Tensor, torch.Tensor], evaluation: tuple[torch.Tensor, torch.Tensor],
           fit_halves: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """The penalty with the best R^2 from one half of the fit tokens to the other, then refitted on all of them."""
@@ -99,7 +106,8 @@ def probe(fit: tuple[torch.Tensor, torch.Tensor], evaluation: tuple[torch.Tensor
     scores = {p: r_squared(ridge(x[first], y[first], p)(x[second]), y[second], y[first].mean()) for p in PENALTIES}
     penalty = max(scores, key=scores.get)
     return {"depth_r2": r_squared(ridge(x, y, penalty)(x_eval), y_eval, y.mean()), "penalty": penalty,
-            "penalty_scores": scores, "effective_rank": effective_rank(x_eval), "channels": x.shape[1],
+            "penalty_scores": scores, "effective_rank": effective_rank(x_eval),
+            "varying_share": varying_share(x_eval), "channels": x.shape[1],
             "fit_tokens": len(x), "eval_tokens": len(x_eval)}
 
 
@@ -134,7 +142,8 @@ def main(argv=None) -> None:
         halves = (torch.arange(len(fit[0]) // 2), torch.arange(len(fit[0]) // 2, len(fit[0])))
         results[spec] = probe(fit, features_and_targets(encoder, eval_batches), halves)
         print(f"{spec}: depth R^2 {results[spec]['depth_r2']:.3f}, effective rank "
-              f"{results[spec]['effective_rank']:.1f} of {results[spec]['channels']} channels", flush=True)
+              f"{results[spec]['effective_rank']:.1f} of {results[spec]['channels']} channels, varying share "
+              f"{results[spec]['varying_share']:.3f}", flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:
