@@ -9,8 +9,8 @@ point are fitted by ridge regression to the log of that token's LiDAR depth on `
 ``--eval-split`` (R^2; 1 is exact, 0 is predicting the fit split's mean). Also, on the eval split, the features'
 effective rank (the exponential of the entropy of their covariance spectrum) and their varying share (the part of
 their mean square that changes from token to token: near 0 for an encoder that gives every token the same vector,
-whatever the image). Same images, tokens and probe for
-every encoder; no image augmentation. The ridge penalty is chosen on the fit split alone (its keyframes halved).
+whatever the image). Same images, tokens and probe for every encoder; no image augmentation. The ridge penalty
+is chosen on the fit split alone (its keyframes halved).
 
 Depth from one token is what a camera detector's depth net must get right first; a frozen encoder whose
 features hold less of it than random features do has lost information the detector needs.
