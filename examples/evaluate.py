@@ -3,6 +3,8 @@ or a Waymo detector (LET-3D-AP, APL and APH) on a Waymo v2 split.
 
     python examples/evaluate.py --model OUT/detector --dataroot DIR --version v1.0-mini --split mini_val --plot 4
     python examples/evaluate.py --model OUT/waymo_detector --dataset waymo --dataroot WAYMO --split validation
+    python examples/evaluate.py --model OUT/waymo_detector --dataset waymo --dataroot WAYMO --split validation \
+        --iou-thresholds vehicle=0.1 pedestrian=0.1 cyclist=0.1 --output-dir OUT/loose
 
 The task comes from the model's ``config.json`` (its ``architectures``). Prints the metric table, writes
 ``metrics.json`` (and for a detector the devkit's result JSON) to ``--output-dir`` (default: the model folder),
@@ -21,12 +23,31 @@ import torch
 import geomim_hf  # noqa: F401  (registers the geomim model type)
 from geomim_hf import GeoMIMImageProcessor
 from geomim_hf.data import load_nuscenes, load_waymo
+from geomim_hf.data.classes import WAYMO_CLASSES
 from geomim_hf.evaluation import evaluate_detector, evaluate_segmenter, predict_detections, predict_map_segmentation
-from geomim_hf.evaluation.waymo import evaluate_waymo_detector
+from geomim_hf.evaluation.waymo import IOU_THRESHOLDS, evaluate_waymo_detector
 from geomim_hf.hub import create_model_card
 from geomim_hf.modeling_geomim import GeoMIMForBEVSegmentation, load_bev_model
 from geomim_hf.training import compile_regions
 from geomim_hf.visualize import plot_detections, plot_map_segmentation
+
+
+def parse_iou_thresholds(items: list[str] | None) -> dict[str, float] | None:
+    """``--iou-thresholds vehicle=0.1 ...``: the release's thresholds with the classes named replaced."""
+    if items is None:
+        return None
+    thresholds = dict(IOU_THRESHOLDS)
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            iou = float(value)
+        except ValueError:
+            iou = float("nan")
+        if name not in WAYMO_CLASSES or not 0.0 < iou <= 1.0:
+            raise ValueError(f"--iou-thresholds {item!r}: expected CLASS=IOU with CLASS one of {WAYMO_CLASSES} and "
+                             "IOU in (0, 1]")
+        thresholds[name] = iou
+    return thresholds
 
 
 def main(argv=None) -> None:
@@ -39,6 +60,10 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--score-threshold", type=float, default=0.05, help="boxes kept for the devkit")
+    parser.add_argument("--iou-thresholds", nargs="+", default=None, metavar="CLASS=IOU",
+                        help="--dataset waymo: LET-3D IoU thresholds replacing the release's (vehicle 0.5, pedestrian "
+                             "0.3, cyclist 0.3) for the classes named; metrics.json records them, the model card "
+                             "keeps the release's, so it needs an --output-dir beside the model")
     parser.add_argument("--plot", type=int, default=0, help="samples to draw")
     parser.add_argument("--plot-threshold", type=float, default=0.3, help="lowest box score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,6 +74,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     output_dir = args.output_dir or args.model
+    try:
+        iou_thresholds = parse_iou_thresholds(args.iou_thresholds)
+    except ValueError as error:
+        parser.error(str(error))
+    if iou_thresholds is not None and args.dataset != "waymo":
+        parser.error("--iou-thresholds is Waymo's LET-3D-AP parameter: use it with --dataset waymo")
+    if iou_thresholds not in (None, IOU_THRESHOLDS) and os.path.abspath(output_dir) == os.path.abspath(args.model):
+        parser.error("--iou-thresholds other than the release's need an --output-dir: the model folder's "
+                     "metrics.json and card hold the release's metric")
     os.makedirs(output_dir, exist_ok=True)
     model = load_bev_model(args.model).to(args.device).eval()
     if args.torch_compile:
@@ -63,7 +97,7 @@ def main(argv=None) -> None:
     with autocast:
         if waymo:
             metrics = evaluate_waymo_detector(model, args.dataroot, args.split, processor, batch_size=args.batch_size,
-                                              score_threshold=args.score_threshold)
+                                              score_threshold=args.score_threshold, iou_thresholds=iou_thresholds)
         elif segmenter:
             metrics = evaluate_segmenter(model, args.dataroot, args.version, args.split, processor,
                                          batch_size=args.batch_size)

@@ -338,10 +338,11 @@ def share_outside_grid(boxes: Sequence[np.ndarray], x_range: tuple[float, float]
 
 
 def evaluate_waymo_detector(model, dataroot: str, split: str, processor, batch_size: int = 4,
-                            score_threshold: float = 0.05, verbose: bool = True, cache_dir: str | None = None) -> dict:
+                            score_threshold: float = 0.05, verbose: bool = True, cache_dir: str | None = None,
+                            iou_thresholds: dict[str, float] | None = None) -> dict:
     """Detect on a Waymo v2 split with a camera detector and score it with :func:`let_3d_metrics` against the
-    camera-synced boxes (``load_waymo(..., boxes="camera")``). The detector's classes must be Waymo's three.
-    The metrics also hold ``ground_truth_outside_grid``, the share of ground truth beyond the detector's BEV grid
+    camera-synced boxes (``load_waymo(..., boxes="camera")``). The detector's classes must be Waymo's three;
+    ``iou_thresholds`` per class replaces the release's (:data:`IOU_THRESHOLDS`). The metrics also hold ``ground_truth_outside_grid``, the share of ground truth beyond the detector's BEV grid
     (Waymo labels to 75 m; a nuScenes-sized grid reaches 51.2 m), which the metric counts as missed."""
     from ..data import load_waymo
     from .detection import predict_detections
@@ -356,7 +357,8 @@ def evaluate_waymo_detector(model, dataroot: str, split: str, processor, batch_s
     ground_truth = [{"boxes": np.asarray(row["boxes"], np.float64).reshape(-1, 7), "labels": row["labels"],
                      "num_lidar_points": row["num_lidar_points"]} for row in truth]
     metrics = let_3d_metrics([{key: prediction[key].numpy() for key in ("boxes", "labels", "scores")}
-                              for prediction in predictions], ground_truth, classes=classes)
+                              for prediction in predictions], ground_truth, classes=classes,
+                             iou_thresholds=iou_thresholds)
     grid = model.config.detection_grid
     metrics["ground_truth_outside_grid"] = share_outside_grid([t["boxes"] for t in ground_truth], grid.x_range,
                                                               grid.y_range)

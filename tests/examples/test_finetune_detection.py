@@ -96,6 +96,14 @@ def test_waymo_finetuning_records_its_classes_and_cameras_and_is_scored_with_let
     again = json.loads((tmp_path / "evaluated" / "metrics.json").read_text())
     assert again["LET-3D-AP/LEVEL_2"] == pytest.approx(metrics["LET-3D-AP/LEVEL_2"])
     assert (tmp_path / "evaluated" / "detections_0.png").is_file()
+    # A looser vehicle threshold reaches the metric, is recorded, leaves the other classes and the card alone.
+    _run("evaluate.py", "--model", output_dir, "--dataset", "waymo", "--dataroot", waymo_root, "--split",
+         "validation", "--output-dir", tmp_path / "loose", "--batch-size", 2, "--iou-thresholds", "vehicle=0.1")
+    loose = json.loads((tmp_path / "loose" / "metrics.json").read_text())
+    assert loose["config"]["iou_thresholds"] == {"vehicle": 0.1, "pedestrian": 0.3, "cyclist": 0.3}
+    for name in ("pedestrian", "cyclist"):
+        assert loose[f"LET-3D-AP/{name}/LEVEL_2"] == pytest.approx(again[f"LET-3D-AP/{name}/LEVEL_2"])
+    assert (output_dir / "README.md").read_text() == card
 
 
 def test_a_nuscenes_pretraining_initialises_a_waymo_detector(tmp_path):
