@@ -342,8 +342,9 @@ def evaluate_waymo_detector(model, dataroot: str, split: str, processor, batch_s
                             iou_thresholds: dict[str, float] | None = None) -> dict:
     """Detect on a Waymo v2 split with a camera detector and score it with :func:`let_3d_metrics` against the
     camera-synced boxes (``load_waymo(..., boxes="camera")``). The detector's classes must be Waymo's three;
-    ``iou_thresholds`` per class replaces the release's (:data:`IOU_THRESHOLDS`). The metrics also hold ``ground_truth_outside_grid``, the share of ground truth beyond the detector's BEV grid
-    (Waymo labels to 75 m; a nuScenes-sized grid reaches 51.2 m), which the metric counts as missed."""
+    ``iou_thresholds`` per class replaces the release's (:data:`IOU_THRESHOLDS`). The metrics also hold
+    ``ground_truth_outside_grid``, the share of ground truth beyond the detector's BEV grid (Waymo labels to 75 m;
+    a nuScenes-sized grid reaches 51.2 m), which the metric counts as missed."""
     from ..data import load_waymo
     from .detection import predict_detections
 
