@@ -51,8 +51,8 @@ class GeoMIMConfig(PreTrainedConfig):
             Cross-View Attention.
         depth_branch_start_layer (`int`, defaults to 3): decoder block whose output feeds the depth branch.
         depth_branch_num_layers (`int`, defaults to 4): ViT blocks of the depth branch.
-        depth_branch_cross_view_layers (`tuple[int, ...]`, defaults to `(0,)`): depth blocks followed by
-            Cross-View Attention.
+        depth_branch_cross_view_layers (`tuple[int, ...]`, defaults to `(1,)`): depth blocks followed by
+            Cross-View Attention (the official decoder: after the second of the four).
         decoder_depth_branch (`bool`, defaults to `True`): the camera-aware depth branch; without it
             (the ablation) the depth net reads the semantic features alone.
         camera_aware_hidden_size (`int`, defaults to 512): width of the camera-aware MLP on the
@@ -129,7 +129,7 @@ class GeoMIMConfig(PreTrainedConfig):
         decoder_cross_view_layers: tuple[int, ...] = (1, 5),
         depth_branch_start_layer: int = 3,
         depth_branch_num_layers: int = 4,
-        depth_branch_cross_view_layers: tuple[int, ...] = (0,),
+        depth_branch_cross_view_layers: tuple[int, ...] = (1,),
         decoder_depth_branch: bool = True,
         camera_aware_hidden_size: int = 512,
         depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
@@ -367,6 +367,7 @@ PRESETS: dict[str, dict] = {
         "window_size": (4, 4, 4, 2), "absolute_position_embedding_size": (16, 44), "decoder_hidden_size": 128,
         "decoder_num_layers": 4, "decoder_num_heads": 4, "decoder_neck_window_size": 4,
         "decoder_cross_view_layers": (1,), "depth_branch_start_layer": 1, "depth_branch_num_layers": 2,
+        "depth_branch_cross_view_layers": (0,),
         "camera_aware_hidden_size": 64, "depth_bins": (1.0, 60.0, 2.0), "context_channels": 32,
         "depth_net_channels": 64, "bev_x_range": (-51.2, 51.2), "bev_y_range": (-51.2, 51.2),
         "bev_resolution": 1.6, "target_channels": 64, "target_patch_size": 8,

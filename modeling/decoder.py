@@ -116,7 +116,7 @@ class GeoMIMDecoder(nn.Module):
     def __init__(self, encoder_dims: tuple[int, int], feature_size: tuple[int, int], hidden_size: int = 512,
                  num_layers: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, neck_window: int = 7,
                  neck_heads: int = 16, cross_view_layers: Sequence[int] = (1, 5), depth_branch_start: int = 3,
-                 depth_branch_layers: int = 4, depth_branch_cross_view_layers: Sequence[int] = (0,),
+                 depth_branch_layers: int = 4, depth_branch_cross_view_layers: Sequence[int] = (1,),
                  camera_hidden_size: int = 512, eps: float = 1e-5, depth_branch: bool = True):
         super().__init__()
         c4, c5 = encoder_dims

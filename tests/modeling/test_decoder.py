@@ -69,3 +69,21 @@ def test_sincos_embedding():
     assert embedding.shape == (44, 32)
     assert torch.allclose(embedding[0, :8], torch.zeros(8)) and torch.allclose(embedding[0, 8:16], torch.ones(8))
     assert len(torch.unique(embedding, dim=0)) == 44  # every position distinct
+
+
+def test_default_layout_runs_the_official_order():
+    """The defaults follow the official decoder (Sense-X/GeoMIM, pretrain/.../backbones/swin_geomim.py): 8 blocks
+    with Cross-View Attention after blocks 1 and 5, the depth branch leaving after block 3, and its own CVA after
+    the second of its four blocks. Recorded from the forward pass itself."""
+    decoder = GeoMIMDecoder(encoder_dims=(16, 32), feature_size=(2, 4), hidden_size=16, num_heads=2, neck_window=2,
+                            neck_heads=2, camera_hidden_size=8).eval()
+    calls = []
+    for name, module in [*(("block", b) for b in decoder.blocks), *(("depth", b) for b in decoder.depth_blocks),
+                         *(("cva", m) for m in decoder.cross_view.values()),
+                         *(("depth cva", m) for m in decoder.depth_cross_view.values()),
+                         ("gate", decoder.camera_gate)]:
+        module.register_forward_hook(lambda module, args, output, name=name: calls.append(name))
+    with torch.no_grad():
+        decoder(torch.randn(2, 2, 4, 16), torch.randn(2, 1, 2, 32), 2, torch.randn(2, 22))
+    assert calls == ["block", "block", "cva", "block", "block", "gate", "block", "block", "cva", "block", "block",
+                     "depth", "depth", "depth cva", "depth", "depth"]
