@@ -11,11 +11,16 @@ already in ``--out``, so any stop continues where it was:
    inside ``train``, ``train_track`` / ``train_detect`` (the held-out training scenes on which the
    finetuning recipe is chosen; ``train_detect`` is also the label-efficiency subset);
 2. the LiDAR teacher on ``train``, scored on ``val``; its BEV features cached for pretraining;
-3. pretraining of every arm and seed on ``train``, run when a finetuning stage first needs it (no
-   labels reach the camera encoder): ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth alone),
-   ``geomim`` and its ablations ``geomim-no-cva``, ``geomim-no-depth-branch``,
-   ``geomim-masked-loss``; ``random`` has none;
-4. the recipe search, the same effort for every main arm: each searched recipe finetunes
+3. the pretraining recipe search, the same candidates for both pretrained main arms (learning rate and
+   warmup around the official 2e-4 with 500 warmup steps): ``pixel`` and then ``geomim`` (from ``pixel``'s
+   chosen encoder) pretrain on ``train_track`` and are scored by their objective's loss on
+   ``train_detect``; each takes its candidate of lowest held-out loss, the secondary arms take ``geomim``'s.
+   Then pretraining of every arm and seed on ``train`` with its recipe, run when a finetuning stage first
+   needs it (no labels reach the camera encoder): ``pixel`` (MixMAE-style pixels), ``depth`` (LiDAR depth
+   alone), ``geomim`` and its ablations ``geomim-no-cva``, ``geomim-no-depth-branch``,
+   ``geomim-masked-loss``; ``random`` has none. A pretrained arm's pretraining, search and finetuning
+   folders carry its pretraining recipe in their names, so cells of another recipe are never reused;
+4. the finetuning recipe search, the same effort for every main arm: each searched recipe finetunes
    ``random``, ``pixel`` and ``geomim`` (seed 0) on ``train_track`` and is scored on
    ``train_detect``; each arm gets the recipe of its best held-out NDS (never chosen on ``val``),
    and the secondary arms (``depth`` and GeoMIM's ablations) get ``geomim``'s;
@@ -144,19 +149,27 @@ class Budget:
     batch_size: int = 2
     checkpointing_steps: int = 200
     workers: int = 2
+    # The pretraining recipe search: (learning rate, warmup steps) candidates, each pretraining on train_track for
+    # pretrain_search_steps, scored on train_detect.
+    pretrain_search: tuple[tuple[float, int], ...] = ((2e-4, 500),)
+    pretrain_search_steps: int = 1500
     extra: dict = field(default_factory=dict)
 
 
 BUDGETS = {
     "smoke": Budget(scenes=6, samples_per_scene=2, teacher_steps=10, pretrain_steps=4, finetune_steps=4, curve=(2,),
-                    search=(("light", 1e-3),), checkpointing_steps=0, workers=0),
+                    search=(("light", 1e-3),), checkpointing_steps=0, workers=0, pretrain_search=((1e-3, 2),),
+                    pretrain_search_steps=4),
     # 128 x 352 with stride-8 features over 1500 steps: the first setting whose random-init detector learned on
     # held-out scenes (docs/study_cpu). About 15 min per finetuning cell on 2 cores. 3000 pretraining steps
     # (about 40 min): at 1000 the GeoMIM encoder had only begun to beat an image-blind prediction of its target
-    # on held-out scenes (docs/study_cpu, "Pretraining length"). Run it in pieces (--max-stages).
+    # on held-out scenes (docs/study_cpu, "Pretraining length"). Pretraining candidates: lr 1e-3 with 50 warmup
+    # steps left pixel MIM's encoder collapsed where the official 2e-4 with 500 did not (docs/study_cpu,
+    # "pretrain_recipe"); the search brackets the official value. Run it in pieces (--max-stages).
     "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=3000, finetune_steps=1500,
                   curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1,
+                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500)), pretrain_search_steps=1500,
                   # Waymo: 64 segments of 5 frames (many short segments: frames 0.1 s apart are near repeats);
                   # 240 training frames, 80 validation frames.
                   waymo_segments=64, waymo_frames=5, waymo_validation_segments=16),
@@ -164,6 +177,7 @@ BUDGETS = {
                   curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3),
                                                   ("light-layer-decay", 1e-3), ("official", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8,
+                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500)), pretrain_search_steps=1500,
                   waymo_segments=128, waymo_frames=5, waymo_validation_segments=32),
 }
 
@@ -229,15 +243,15 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
 
 
-def choose_recipes(scores: dict, search_arms, arms) -> dict:
-    """Each searched arm's recipe of best held-out NDS, once every candidate has scored it; the arms of
-    ``arms`` not searched take geomim's. ``scores``: {candidate: {"recipe", "learning_rate", "held_out_NDS":
-    {arm: NDS}}}."""
+def choose_recipes(scores: dict, search_arms, arms, criterion: str = "held_out_NDS", lowest: bool = False) -> dict:
+    """Each searched arm's recipe of best held-out ``criterion`` (highest, or ``lowest``), once every candidate
+    has scored it; the arms of ``arms`` not searched take geomim's. ``scores``: {candidate: {the recipe's
+    settings, "held_out_<score>": {arm: score}, ...}}; a recipe is its candidate's settings."""
     recipes = {}
     for arm in search_arms:
-        if all(arm in score["held_out_NDS"] for score in scores.values()):
-            best = max(scores.values(), key=lambda score: score["held_out_NDS"][arm])
-            recipes[arm] = {"recipe": best["recipe"], "learning_rate": best["learning_rate"]}
+        if all(arm in score[criterion] for score in scores.values()):
+            best = (min if lowest else max)(scores.values(), key=lambda score: score[criterion][arm])
+            recipes[arm] = {key: value for key, value in best.items() if not key.startswith("held_out_")}
     if "geomim" in recipes:
         recipes.update({arm: recipes["geomim"] for arm in arms if arm not in search_arms})
     return recipes
@@ -247,11 +261,31 @@ def read_json(path: str) -> dict | None:
     return json.load(open(path)) if os.path.isfile(path) else None
 
 
-def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
+def pretrain_tag(chosen: dict) -> str:
+    """A pretraining recipe in folder names."""
+    return f"lr{chosen['learning_rate']:g}-w{chosen['warmup_steps']}"
+
+
+def arm_name(arm: str, pretrain_recipes: dict) -> str | None:
+    """An arm in folder names: a pretrained arm's carries its pretraining recipe (None before it is chosen), so
+    that the cells of two pretraining recipes never mix."""
+    if ARMS[arm] is None:
+        return arm
+    return f"{arm}-{pretrain_tag(pretrain_recipes[arm])}" if arm in pretrain_recipes else None
+
+
+def finetune_cell(arm: str, protocol: str, seed: int, pretrain_recipes: dict) -> str | None:
+    """A finetuning cell's folder under ``OUT/finetune`` (None before the arm's pretraining recipe is chosen)."""
+    name = arm_name(arm, pretrain_recipes)
+    return name and f"{name}-{protocol}-seed{seed}"
+
+
+def collect(out: str, args, budget: Budget, recipes: dict | None, pretrain_recipes: dict) -> dict:
     """results.json: the cells finished so far and their per-arm summaries."""
     found = []
     for arm, protocol, seed in cells(args, budget):
-        curve = read_json(os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}", "learning_curve.json"))
+        name = finetune_cell(arm, protocol, seed, pretrain_recipes)
+        curve = name and read_json(os.path.join(out, "finetune", name, "learning_curve.json"))
         for step, metrics in (curve or {}).items():
             found.append({"arm": arm, "protocol": protocol, "seed": seed, "steps": int(step),
                           **{k: metrics[k] for k in reported(protocol)}})
@@ -269,6 +303,8 @@ def collect(out: str, args, budget: Budget, recipes: dict | None) -> dict:
     teacher = read_json(os.path.join(teacher_dir(out, args), "metrics.json"))
     return {"budget": args.budget, "budget_settings": {k: v for k, v in vars(budget).items() if k != "extra"},
             "version": VERSION, "teacher": {k: teacher[k] for k in ("NDS", "mAP")} if teacher else None,
+            "pretrain_recipes": pretrain_recipes,
+            "pretrain_search": read_json(os.path.join(out, "search", "pretrain_search.json")),
             "recipes": recipes, "search": read_json(os.path.join(out, "search", "search.json")),
             "cells": found, "summary": summaries}
 
@@ -430,6 +466,10 @@ def recipe_name(chosen: dict) -> str:
     return f"{chosen['recipe']} lr {chosen['learning_rate']:g}"
 
 
+def pretrain_recipe_name(chosen: dict) -> str:
+    return f"lr {chosen['learning_rate']:g}, {chosen['warmup_steps']} warmup"
+
+
 def _cell(entry: dict, key: str) -> str:
     mean, half = entry[key]["mean"], entry[key]["ci95"]
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
@@ -439,6 +479,24 @@ def results_markdown(results: dict) -> str:
     lines = [f"# GeoMIM study, budget `{results['budget']}`", ""]
     if results["teacher"]:
         lines.append(f"LiDAR teacher on val: NDS {results['teacher']['NDS']:.3f}, mAP {results['teacher']['mAP']:.3f}.")
+    if results.get("pretrain_search"):
+        candidates = list(results["pretrain_search"])
+        lines += ["", "Pretraining recipe search, the same for both pretrained main arms: pretrained on train_track "
+                  f"({results['budget_settings']['pretrain_search_steps']} steps), the objective's loss on the "
+                  "held-out training scenes of train_detect (lower is better; in brackets the reconstruction "
+                  "loss / its image-blind baseline); each arm takes its lowest, the secondary arms geomim's.", "",
+                  "| arm | " + " | ".join(candidates) + " | chosen |", "|---|" + "---|" * (len(candidates) + 1)]
+        for arm in dict.fromkeys(arm for score in results["pretrain_search"].values()
+                                 for arm in score["held_out_loss"]):
+            row = []
+            for score in results["pretrain_search"].values():
+                if arm in score["held_out_loss"]:
+                    row.append(f"{score['held_out_loss'][arm]:.3f} ({score['held_out_reconstruction_loss'][arm]:.3f}"
+                               f" / {score['held_out_reconstruction_baseline'][arm]:.3f})")
+                else:
+                    row.append("")
+            chosen = results["pretrain_recipes"].get(arm)
+            lines.append(f"| {arm} | " + " | ".join(row) + f" | {pretrain_recipe_name(chosen) if chosen else ''} |")
     if results["search"]:
         candidates = list(results["search"])
         lines += ["", "Recipe search, the same for every main arm: finetuned on train_track, NDS on the held-out "
@@ -542,9 +600,10 @@ def main(argv=None) -> None:
             stages_run += 1
             if recorded:
                 record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
-            write_results(out, collect(out, args, budget, recipes), args.record)
+            write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
 
     recipes: dict = {}  # each arm's finetuning recipe, once the search has chosen it
+    pretrain_recipes: dict = {}  # each pretrained arm's pretraining recipe, likewise
     if not os.path.isfile(os.path.join(dataroot, VERSION, "sample.json")):
         print(f"writing a synthetic {VERSION} world of {budget.scenes} x {budget.samples_per_scene} keyframes to "
               f"{dataroot}", flush=True)
@@ -586,19 +645,59 @@ def main(argv=None) -> None:
           ["--teacher", teacher, "--dataroot", dataroot, "--version", VERSION, "--split", "train", "--sweeps", "0"],
           "index.json", restorable=False)
 
-    # Pretraining: the tiny networks' settings (lr 1e-3, 50 warmup steps), the same for every arm.
+    def pretrain_flags(arm: str, chosen: dict) -> list[str]:
+        return ["--model-config", budget.preset, *ARMS[arm],
+                *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
+                "--learning-rate", f"{chosen['learning_rate']:g}", "--warmup-steps", str(chosen["warmup_steps"])]
+
+    # The pretraining recipe search on held-out training scenes, the same candidates for both pretrained main
+    # arms; pixel MIM first, as GeoMIM's candidates start from its chosen encoder (the study's pretrainings do).
+    pretrained_arms = [arm for arm in args.arms if ARMS[arm] is not None]
+    pretrain_search_arms = [arm for arm in MAIN_ARMS if ARMS[arm] is not None and (
+        arm in args.arms or any(PRETRAINED_FROM.get(other) == arm for other in pretrained_arms))]
+    pretrain_scores: dict = {}
+
+    def pretrain_candidate(arm: str, chosen: dict) -> str:
+        return os.path.join(out, "pretrain_search", f"{arm}-{pretrain_tag(chosen)}")
+
+    for arm in pretrain_search_arms:
+        base = PRETRAINED_FROM.get(arm)
+        if base and base not in pretrain_recipes:
+            break  # the base's search is not finished
+        steps = budget.pretrain_search_steps
+        for lr, warmup in budget.pretrain_search:
+            candidate = {"learning_rate": lr, "warmup_steps": warmup}
+            # The base arm's candidates keep their encoder in the record: the next arm's start from one of them.
+            stage(f"pretraining recipe search: lr {lr:g}, {warmup} warmup steps, {arm}", "pretrain.py",
+                  pretrain_candidate(arm, candidate),
+                  [*data, "--train-split", "train_track", "--val-split", "train_detect", "--eval-samples", "64",
+                   "--eval-steps", *(str(step) for step in (steps // 3, 2 * steps // 3) if step > 0), "--seed", "0",
+                   "--max-steps", str(steps),
+                   *pretrain_flags(arm, candidate),
+                   *(["--init-encoder", pretrain_candidate(base, pretrain_recipes[base])] if base else [])],
+                  "pretrain_summary.json", restorable=arm not in PRETRAINED_FROM.values(),
+                  encoder=arm in PRETRAINED_FROM.values())
+            held_out = (read_json(os.path.join(pretrain_candidate(arm, candidate), "pretrain_summary.json"))
+                        or {}).get("held_out")
+            score = pretrain_scores.setdefault(f"lr {lr:g}, {warmup} warmup", {
+                **candidate, **{f"held_out_{key}": {} for key in ("loss", "reconstruction_loss",
+                                                                  "reconstruction_baseline")}})
+            for key in ("loss", "reconstruction_loss", "reconstruction_baseline") if held_out else ():
+                score[f"held_out_{key}"][arm] = held_out[key]
+        pretrain_recipes = choose_recipes(pretrain_scores, pretrain_search_arms, pretrained_arms,
+                                          criterion="held_out_loss", lowest=True)
+
     def pretrained(arm: str, seed: int) -> str:
-        return os.path.join(out, "pretrain", f"{arm}-seed{seed}")
+        return os.path.join(out, "pretrain", f"{arm_name(arm, pretrain_recipes)}-seed{seed}")
 
     def ensure_pretrained(arm: str, seed: int) -> None:
-        """Pretrain an arm's encoder when a finetuning stage first needs it."""
+        """Pretrain an arm's encoder with its recipe when a finetuning stage first needs it."""
         if ARMS[arm] is not None:
             base = PRETRAINED_FROM.get(arm)
             stage(f"pretraining {arm}, seed {seed}", "pretrain.py", pretrained(arm, seed),
-                  [*data, "--train-split", "train", "--seed", str(seed), "--model-config", budget.preset, *ARMS[arm],
-                   *(["--teacher", teacher, "--teacher-features", features] if arm.startswith("geomim") else []),
-                   *(["--init-encoder", pretrained(base, seed)] if base else []),
-                   "--max-steps", str(budget.pretrain_steps), "--learning-rate", "1e-3", "--warmup-steps", "50"],
+                  [*data, "--train-split", "train", "--seed", str(seed), "--max-steps", str(budget.pretrain_steps),
+                   *pretrain_flags(arm, pretrain_recipes[arm]),
+                   *(["--init-encoder", pretrained(base, seed)] if base else [])],
                   "pretrain_summary.json", restorable=False, encoder=True,
                   needs=(lambda: ensure_pretrained(base, seed)) if base else None)
 
@@ -616,11 +715,13 @@ def main(argv=None) -> None:
     search_dir = os.path.join(out, "search")
 
     def search_cell(name: str, lr: float, arm: str) -> str:
-        return os.path.join(search_dir, f"{name}-lr{lr:g}-{arm}")
+        return os.path.join(search_dir, f"{name}-lr{lr:g}-{arm_name(arm, pretrain_recipes)}")
 
     search_arms = [arm for arm in MAIN_ARMS if arm in args.arms]
     for name, lr in budget.search:
         for arm in search_arms:
+            if arm_name(arm, pretrain_recipes) is None:
+                continue  # its pretraining recipe is not chosen yet
             candidate = {"recipe": name, "learning_rate": lr}
             stage(f"recipe search: {name}, lr {lr:g}, {arm}", "finetune_detection.py", search_cell(name, lr, arm),
                   [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
@@ -630,23 +731,27 @@ def main(argv=None) -> None:
     # later never changes the others'); the secondary arms take geomim's.
     scores = {}
     for name, lr in budget.search:
-        found = {arm: read_json(os.path.join(search_cell(name, lr, arm), "metrics.json")) for arm in search_arms}
+        found = {arm: read_json(os.path.join(search_cell(name, lr, arm), "metrics.json")) for arm in search_arms
+                 if arm_name(arm, pretrain_recipes)}
         scores[f"{name} lr {lr:g}"] = {"recipe": name, "learning_rate": lr,
                                         **{f"held_out_{key}": {arm: m[key] for arm, m in found.items() if m}
                                            for key in ("NDS", "mAP", "mATE")}}
     recipes = choose_recipes(scores, search_arms, args.arms)
     for folder in (search_dir, *([os.path.join(args.record, "search")] if args.record else [])):
         os.makedirs(folder, exist_ok=True)
-        for name, value in (("search.json", scores), ("recipes.json", recipes)):
+        for name, value in (("search.json", scores), ("recipes.json", recipes),
+                            ("pretrain_search.json", pretrain_scores), ("pretrain_recipes.json", pretrain_recipes)):
             with open(os.path.join(folder, name), "w") as handle:
                 json.dump(value, handle, indent=2)
     missing = [arm for arm in args.arms if arm not in recipes]
     if missing:
         if args.record:  # the recorded cells still make the tables
             for arm, protocol, seed in cells(args, budget):
-                folder = os.path.join("finetune", f"{arm}-{protocol}-seed{seed}")
-                record_stage(os.path.join(out, folder), os.path.join(args.record, folder), "metrics.json", True)
-        write_results(out, collect(out, args, budget, recipes), args.record)
+                name = finetune_cell(arm, protocol, seed, pretrain_recipes)
+                if name:
+                    folder = os.path.join("finetune", name)
+                    record_stage(os.path.join(out, folder), os.path.join(args.record, folder), "metrics.json", True)
+        write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
         print(f"stopped before the study: the recipe search is not complete for {missing} ({stages_run} stages "
               "run; the secondary arms take geomim's recipe, so they need geomim in --arms)")
         return
@@ -666,12 +771,12 @@ def main(argv=None) -> None:
         segment = protocol == "segment"
         stage(f"finetuning {arm}, {protocol}, seed {seed}",
               "finetune_segmentation.py" if segment else "finetune_detection.py",
-              os.path.join(out, "finetune", f"{arm}-{protocol}-seed{seed}"),
+              os.path.join(out, "finetune", finetune_cell(arm, protocol, seed, pretrain_recipes)),
               [*(waymo_data if protocol == "waymo" else data), "--train-split", train_split, "--val-split", val_split,
                "--seed", str(seed), *init_of(arm, seed), *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]),
                *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json", needs=needs_of(arm, protocol, seed))
 
-    results = collect(out, args, budget, recipes)
+    results = collect(out, args, budget, recipes, pretrain_recipes)
     write_results(out, results, args.record)
     total = len(list(cells(args, budget)))
     done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]})

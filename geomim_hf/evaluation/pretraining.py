@@ -72,8 +72,9 @@ def evaluate_pretraining(model, loader, baseline: ImageBlindBaseline | None = No
     augmentation), each batch under masks drawn from ``seed`` and its index (the same at every call, so
     scores at different steps compare), and the ``baseline``'s losses on the same samples and masks.
 
-    Returns ``reconstruction_loss`` and ``depth_loss`` (what the objective has), ``reconstruction_baseline``
-    and ``depth_baseline`` with a baseline, and ``samples``; losses are means over samples."""
+    Returns ``loss`` (the objective's weighted sum, what pretraining minimises), ``reconstruction_loss`` and
+    ``depth_loss`` (what the objective has), ``reconstruction_baseline`` and ``depth_baseline`` with a baseline,
+    and ``samples``; losses are means over samples."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -91,6 +92,7 @@ def evaluate_pretraining(model, loader, baseline: ImageBlindBaseline | None = No
         mask = random_cell_mask(model.config, torch.Generator().manual_seed(seed * 1_000_003 + index))
         out = model(**batch, bool_masked_pos=mask)
         count = batch["pixel_values"].shape[0]
+        add("loss", out.loss, count)
         add("reconstruction_loss", out.reconstruction_loss, count)
         add("depth_loss", out.depth_loss, count)
         if prior is not None and out.reconstruction_loss is not None:

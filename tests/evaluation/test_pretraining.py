@@ -138,7 +138,9 @@ def test_held_out_scores_of_the_baseline_by_hand():
     assert scores["depth_baseline"] == pytest.approx(np.mean(per_sample), rel=1e-4)
 
     assert scores["reconstruction_loss"] > 0 and scores["depth_loss"] > 0
+    assert scores["loss"] == pytest.approx(scores["reconstruction_loss"]
+                                           + config.depth_loss_weight * scores["depth_loss"], rel=1e-6)
     assert evaluate_pretraining(model, held_out, baseline, seed=3) == scores  # fixed masks: comparable calls
     alone = evaluate_pretraining(model, held_out, seed=3)
-    assert set(alone) == {"reconstruction_loss", "depth_loss", "samples"}
+    assert set(alone) == {"loss", "reconstruction_loss", "depth_loss", "samples"}
     assert alone["reconstruction_loss"] == scores["reconstruction_loss"]

@@ -108,8 +108,8 @@ def test_held_out_scores_beside_the_image_blind_baseline(nuscenes_root, teacher_
               "--eval-samples", "2")
     curve = json.loads((out / "learning_curve.json").read_text())
     assert list(curve) == ["1", "3"]
-    assert set(curve["3"]) == {"reconstruction_loss", "depth_loss", "reconstruction_baseline", "depth_baseline",
-                               "samples"}
+    assert set(curve["3"]) == {"loss", "reconstruction_loss", "depth_loss", "reconstruction_baseline",
+                               "depth_baseline", "samples"}
     assert curve["1"]["reconstruction_baseline"] == curve["3"]["reconstruction_baseline"]  # no model in it
     assert curve["1"]["reconstruction_loss"] != curve["3"]["reconstruction_loss"]
     summary = json.loads((out / "pretrain_summary.json").read_text())

@@ -53,23 +53,41 @@ def test_each_searched_arm_takes_its_best_recipe_and_the_secondary_arms_geomims(
     assert reproduce.choose_recipes(scores, ["random"], ["random", "depth"]) == {"random": a}
 
 
+def test_each_pretrained_arm_takes_its_pretraining_recipe_of_lowest_held_out_loss():
+    reproduce = load_example("reproduce")
+    scores = {"a": {"learning_rate": 1e-3, "warmup_steps": 50, "held_out_loss": {"pixel": 0.7, "geomim": 0.5},
+                    "held_out_reconstruction_loss": {"pixel": 0.7, "geomim": 0.4}},
+              "b": {"learning_rate": 2e-4, "warmup_steps": 500, "held_out_loss": {"pixel": 0.6, "geomim": 0.6},
+                    "held_out_reconstruction_loss": {"pixel": 0.6, "geomim": 0.3}}}
+    recipes = reproduce.choose_recipes(scores, ["pixel", "geomim"], ["pixel", "geomim", "geomim-no-cva"],
+                                       criterion="held_out_loss", lowest=True)
+    a, b = {"learning_rate": 1e-3, "warmup_steps": 50}, {"learning_rate": 2e-4, "warmup_steps": 500}
+    assert recipes == {"pixel": b, "geomim": a, "geomim-no-cva": a}
+    # Every pretrained arm's folders carry its recipe; random's never change; none before the choice.
+    assert reproduce.finetune_cell("geomim", "full", 1, recipes) == "geomim-lr0.001-w50-full-seed1"
+    assert reproduce.finetune_cell("random", "full", 1, recipes) == "random-full-seed1"
+    assert reproduce.finetune_cell("depth", "probe", 0, recipes) is None
+
+
 def test_results_summarise_the_cells_found(tmp_path):
     reproduce = load_example("reproduce")
     args = reproduce.parse_args(["--out", str(tmp_path), "--budget", "smoke", "--arms", "random", "geomim",
                                  "--protocols", "full", "probe", "segment", "waymo", "--seeds", "0", "1"])
     budget = reproduce.BUDGETS["smoke"]
     rng = np.random.default_rng(0)
+    pretrain_recipes = {"geomim": {"learning_rate": 2e-4, "warmup_steps": 500}}
     written = {}
     for arm, protocol, seed in reproduce.cells(args, budget):
         if (arm, protocol, seed) == ("geomim", "probe", 1):
             continue  # a cell not finished yet
-        folder = tmp_path / "finetune" / f"{arm}-{protocol}-seed{seed}"
+        folder = tmp_path / "finetune" / reproduce.finetune_cell(arm, protocol, seed, pretrain_recipes)
         folder.mkdir(parents=True)
         curve = {str(step): {key: float(rng.random()) for key in reproduce.reported(protocol)}
                  for step in ((2, 4) if protocol == "full" else (4,))}
         (folder / "learning_curve.json").write_text(json.dumps(curve))
         written[arm, protocol, seed] = curve
-    results = reproduce.collect(str(tmp_path), args, budget, {"random": {"recipe": "light", "learning_rate": 1e-3}})
+    results = reproduce.collect(str(tmp_path), args, budget, {"random": {"recipe": "light", "learning_rate": 1e-3}},
+                                pretrain_recipes)
     assert len(results["cells"]) == sum(len(c) for c in written.values())
     summary = {(e["arm"], e["protocol"], e["steps"]): e for e in results["summary"]}
     entry = summary["random", "full", 2]
@@ -150,6 +168,18 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     light = {"recipe": "light", "learning_rate": 1e-3}
     assert results["teacher"] is not None and results["recipes"] == {"random": light, "geomim": light}
+    # The pretraining recipe search: pixel MIM (GeoMIM's starting point) and GeoMIM, each scored by its loss on
+    # held-out training scenes; GeoMIM's candidate started from pixel MIM's chosen one.
+    candidate = {"learning_rate": 1e-3, "warmup_steps": 2}
+    tag = "lr0.001-w2"
+    assert results["pretrain_recipes"] == {"pixel": candidate, "geomim": candidate}
+    for arm in ("pixel", "geomim"):
+        held_out = json.loads((tmp_path / "pretrain_search" / f"{arm}-{tag}" / "pretrain_summary.json").read_text())
+        assert held_out["held_out"]["split"] == "train_detect"
+        assert results["pretrain_search"]["lr 0.001, 2 warmup"]["held_out_loss"][arm] == held_out["held_out"]["loss"]
+    summary = json.loads((tmp_path / "pretrain_search" / f"geomim-{tag}" / "training_summary.json").read_text())
+    assert summary["encoder init"] == str(tmp_path / "pretrain_search" / f"pixel-{tag}")
+    assert "Pretraining recipe search" in (tmp_path / "results.md").read_text()
     assert set(results["search"]["light lr 0.001"]["held_out_NDS"]) == {"random", "geomim"}
     found = {(c["arm"], c["protocol"], c["steps"]) for c in results["cells"]}
     assert found == {("random", "full", 2), ("random", "full", 4), ("geomim", "full", 2), ("geomim", "full", 4),
@@ -165,17 +195,18 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     # The probe's encoder stayed as pretrained; the full finetuning's moved.
     from safetensors.torch import load_file
 
-    pretrained = load_file(tmp_path / "pretrain" / "geomim-seed0" / "model.safetensors")
+    pretrained = load_file(tmp_path / "pretrain" / f"geomim-{tag}-seed0" / "model.safetensors")
     key = "geomim.encoder.patch_embed.weight"
-    probe = load_file(tmp_path / "finetune" / "geomim-probe-seed0" / "model.safetensors")
-    full = load_file(tmp_path / "finetune" / "geomim-full-seed0" / "model.safetensors")
+    probe = load_file(tmp_path / "finetune" / f"geomim-{tag}-probe-seed0" / "model.safetensors")
+    full = load_file(tmp_path / "finetune" / f"geomim-{tag}-full-seed0" / "model.safetensors")
     assert (probe[key] == pretrained[key]).all() and not (full[key] == pretrained[key]).all()
     # The transfer: a Waymo detector (five views, Waymo's classes) finetuned from the nuScenes-world encoder, on
     # the Waymo world's training segments.
-    waymo = tmp_path / "finetune" / "geomim-waymo-seed0"
+    waymo = tmp_path / "finetune" / f"geomim-{tag}-waymo-seed0"
     config = json.loads((waymo / "config.json").read_text())
     assert config["num_views"] == 5 and tuple(config["class_names"]) == reproduce.WAYMO_CLASSES
-    assert json.loads((waymo / "metrics.json").read_text())["init"] == str(tmp_path / "pretrain" / "geomim-seed0")
+    assert json.loads((waymo / "metrics.json").read_text())["init"] == \
+        str(tmp_path / "pretrain" / f"geomim-{tag}-seed0")
     smoke = reproduce.BUDGETS["smoke"]
     assert len(list((tmp_path / "waymo" / "training" / "lidar_box").iterdir())) == \
         smoke.waymo_segments - smoke.waymo_validation_segments
@@ -183,8 +214,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     sensors = [name for name in json.loads((record / "world.json").read_text()) if name.startswith("samples/")]
     assert len(sensors) == 2 and any(name.endswith("(pixels)") for name in sensors)
     # GeoMIM's pretraining started from the pixel-MIM arm's encoder (the official recipe starts from MixMAE's)
-    summary = json.loads((tmp_path / "pretrain" / "geomim-seed0" / "training_summary.json").read_text())
-    assert summary["encoder init"] == str(tmp_path / "pretrain" / "pixel-seed0")
+    summary = json.loads((tmp_path / "pretrain" / f"geomim-{tag}-seed0" / "training_summary.json").read_text())
+    assert summary["encoder init"] == str(tmp_path / "pretrain" / f"pixel-{tag}-seed0")
     assert (tmp_path / "results.md").is_file() and (tmp_path / "learning_curve.png").is_file()
 
     again = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -205,11 +236,11 @@ def test_smoke_study_runs_and_resumes(tmp_path):
 
     # A cell missing from the record is finetuned again from the recorded encoder (no pretraining), and comes out
     # as it was.
-    recorded_encoder = record / "pretrain" / "geomim-seed0" / "encoder.safetensors"
+    recorded_encoder = record / "pretrain" / f"geomim-{tag}-seed0" / "encoder.safetensors"
     assert set(load_file(recorded_encoder)) == {k for k in pretrained if k.startswith("geomim.")}
     assert all((load_file(recorded_encoder)[k] == pretrained[k]).all() for k in load_file(recorded_encoder))
-    shutil.rmtree(tmp_path / "finetune" / "geomim-probe-seed0")
-    shutil.rmtree(record / "finetune" / "geomim-probe-seed0")
+    shutil.rmtree(tmp_path / "finetune" / f"geomim-{tag}-probe-seed0")
+    shutil.rmtree(record / "finetune" / f"geomim-{tag}-probe-seed0")
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("$ ")]
@@ -219,9 +250,9 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     # Without the recorded encoder the pretraining runs again and reproduces it bit for bit.
     kept = tmp_path / "encoder-kept.safetensors"
     shutil.move(recorded_encoder, kept)
-    shutil.rmtree(tmp_path / "pretrain" / "geomim-seed0")
-    shutil.rmtree(tmp_path / "finetune" / "geomim-probe-seed0")
-    shutil.rmtree(record / "finetune" / "geomim-probe-seed0")
+    shutil.rmtree(tmp_path / "pretrain" / f"geomim-{tag}-seed0")
+    shutil.rmtree(tmp_path / "finetune" / f"geomim-{tag}-probe-seed0")
+    shutil.rmtree(record / "finetune" / f"geomim-{tag}-probe-seed0")
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     ran = [line for line in again.stdout.splitlines() if line.startswith("$ ")]
@@ -232,8 +263,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     # --max-stages 0 runs nothing, not even what a missing cell needs first (the Waymo world: this machine has
     # not written it), and writes the tables from the cells found.
     assert not (tmp_path / "waymo").exists()
-    shutil.rmtree(tmp_path / "finetune" / "geomim-waymo-seed0")
-    shutil.rmtree(record / "finetune" / "geomim-waymo-seed0")
+    shutil.rmtree(tmp_path / "finetune" / f"geomim-{tag}-waymo-seed0")
+    shutil.rmtree(record / "finetune" / f"geomim-{tag}-waymo-seed0")
     tables = subprocess.run([*command, "--max-stages", "0"], capture_output=True, text=True, env=env)
     assert tables.returncode == 0, tables.stdout[-3000:] + tables.stderr[-3000:]
     assert not [line for line in tables.stdout.splitlines() if line.startswith("$ ")]
