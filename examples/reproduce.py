@@ -658,10 +658,21 @@ def main(argv=None) -> None:
     pretrained_arms = [arm for arm in args.arms if ARMS[arm] is not None]
     pretrain_search_arms = [arm for arm in MAIN_ARMS if ARMS[arm] is not None and (
         arm in args.arms or any(PRETRAINED_FROM.get(other) == arm for other in pretrained_arms))]
-    pretrain_scores: dict = {}
 
     def pretrain_candidate(arm: str, chosen: dict) -> str:
         return os.path.join(out, "pretrain_search", f"{arm}-{pretrain_tag(chosen)}")
+
+    def pretrain_search_scores() -> dict:
+        """Each pretraining candidate's held-out scores, read from its finished stages."""
+        scores = {}
+        for lr, warmup in budget.pretrain_search:
+            candidate = {"learning_rate": lr, "warmup_steps": warmup}
+            found = {arm: (read_json(os.path.join(pretrain_candidate(arm, candidate), "pretrain_summary.json"))
+                           or {}).get("held_out") for arm in pretrain_search_arms}
+            scores[f"lr {lr:g}, {warmup} warmup"] = {
+                **candidate, **{f"held_out_{key}": {arm: held_out[key] for arm, held_out in found.items() if held_out}
+                                for key in ("loss", "reconstruction_loss", "reconstruction_baseline")}}
+        return scores
 
     for arm in pretrain_search_arms:
         base = PRETRAINED_FROM.get(arm)
@@ -680,15 +691,9 @@ def main(argv=None) -> None:
                    *(["--init-encoder", pretrain_candidate(base, pretrain_recipes[base])] if base else [])],
                   "pretrain_summary.json", restorable=arm not in PRETRAINED_FROM.values(),
                   encoder=arm in PRETRAINED_FROM.values())
-            held_out = (read_json(os.path.join(pretrain_candidate(arm, candidate), "pretrain_summary.json"))
-                        or {}).get("held_out")
-            score = pretrain_scores.setdefault(f"lr {lr:g}, {warmup} warmup", {
-                **candidate, **{f"held_out_{key}": {} for key in ("loss", "reconstruction_loss",
-                                                                  "reconstruction_baseline")}})
-            for key in ("loss", "reconstruction_loss", "reconstruction_baseline") if held_out else ():
-                score[f"held_out_{key}"][arm] = held_out[key]
-        pretrain_recipes = choose_recipes(pretrain_scores, pretrain_search_arms, pretrained_arms,
+        pretrain_recipes = choose_recipes(pretrain_search_scores(), pretrain_search_arms, pretrained_arms,
                                           criterion="held_out_loss", lowest=True)
+    pretrain_scores = pretrain_search_scores()
 
     def pretrained(arm: str, seed: int) -> str:
         return os.path.join(out, "pretrain", f"{arm_name(arm, pretrain_recipes)}-seed{seed}")
