@@ -166,11 +166,12 @@ BUDGETS = {
     # on held-out scenes (docs/study_cpu, "Pretraining length"). Pretraining candidates: lr 1e-3 with 50 warmup
     # steps left pixel MIM's encoder collapsed where the official 2e-4 with 500 did not (docs/study_cpu,
     # "pretrain_recipe"); the search brackets the official value, and was extended to 1e-3 (500 warmup) when pixel
-    # MIM came out best at 5e-4, the grid's edge, before any GeoMIM candidate ran. Run it in pieces (--max-stages).
+    # MIM came out best at 5e-4, the grid's edge, before any GeoMIM candidate ran, and to 2e-3 when GeoMIM came
+    # out best at 1e-3 (both arms get every candidate). Run it in pieces (--max-stages).
     "cpu": Budget(scenes=40, samples_per_scene=10, teacher_steps=1500, pretrain_steps=3000, finetune_steps=1500,
                   curve=(375, 750, 1125), search=(("light", 1e-3), ("light", 2e-3), ("light-layer-decay", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), secondary_seeds=1,
-                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500), (1e-3, 500)),
+                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500), (1e-3, 500), (2e-3, 500)),
                   pretrain_search_steps=1500,
                   # Waymo: 64 segments of 5 frames (many short segments: frames 0.1 s apart are near repeats);
                   # 240 training frames, 80 validation frames.
@@ -179,7 +180,7 @@ BUDGETS = {
                   curve=(250, 500, 1000), search=(("light", 5e-4), ("light", 1e-3), ("light", 2e-3),
                                                   ("light-layer-decay", 1e-3), ("official", 1e-3)),
                   preset="geomim-small", out_indices=(1, 2, 3), batch_size=4, workers=8,
-                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500), (1e-3, 500)),
+                  pretrain_search=((1e-4, 500), (2e-4, 500), (5e-4, 500), (1e-3, 500), (2e-3, 500)),
                   pretrain_search_steps=1500,
                   waymo_segments=128, waymo_frames=5, waymo_validation_segments=32),
 }
