@@ -51,7 +51,10 @@ Of a pretraining the encoder is recorded (``encoder.safetensors``, the weights f
 machine finetunes from the same encoder without pretraining again; a pretraining run again (its encoder
 removed from the record) that does not reproduce the recorded encoder says so. The world is rewritten
 from its seed (with one BLAS kernel, so that it is the same on every x86 machine); the sha256 of its tables and
-of its first LiDAR sweep and image are recorded, and a world that differs is refused.
+of its first LiDAR sweep and image are recorded, and a world that differs is refused. Each stage keeps the
+script and arguments it was begun with (``stage.json``, its folders named by role: ``$OUT``, ``$WORLD``, ...),
+and a stage begun or recorded with other settings than the run gives it (a recipe or budget changed since) is
+refused before anything runs, so an old cell never reaches the tables under a new recipe.
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ SEGMENT_RECIPE = {"recipe": "light", "learning_rate": 2e-3}
 # weights too (cached features and every geomim pretraining need it). Of a pretraining only the encoder is
 # kept: the decoder is three quarters of its weights and no finetuning reads it.
 RECORDED = ("metrics.json", "learning_curve.json", "training_summary.json", "pretrain_summary.json",
-            "loss_history.jsonl")
+            "loss_history.jsonl", "stage.json")
+SETTINGS = "stage.json"  # the script and arguments a stage was begun with
 TEACHER_WEIGHTS = ("config.json", "model.safetensors")
 ENCODER = "encoder.safetensors"
 # OpenBLAS's kernel for writing the world (any x86-64 CPU with AVX2 runs it): the one the record's world used.
@@ -266,6 +270,56 @@ def choose_recipes(scores: dict, search_arms, arms, criterion: str = "held_out_N
 
 def read_json(path: str) -> dict | None:
     return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def stage_settings(script: str, arguments: list[str], roots: dict[str, str]) -> dict:
+    """What a stage runs: its script and arguments, each folder under one of ``roots`` ({"$WORLD": dataroot, ...},
+    tried in order) named by its root, so that the same study under another ``--out`` or machine agrees."""
+    def named(value: str) -> str:
+        for name, root in roots.items():
+            root = root.rstrip(os.sep)
+            if value == root or value.startswith(root + os.sep):
+                return name + value[len(root):]
+        return value
+
+    return {"script": script, "arguments": [named(value) for value in arguments]}
+
+
+def flag_values(arguments: list[str]) -> dict[str, list[str]]:
+    """{--flag: its values} of a command line (positional values before any flag under "")."""
+    found, flag = {}, ""
+    for value in arguments:
+        if value.startswith("--"):
+            flag = value
+            found.setdefault(flag, [])
+        else:
+            found.setdefault(flag, []).append(value)
+    return found
+
+
+def check_settings(output_dir: str, settings: dict) -> bool:
+    """Refuse a stage begun or finished with other settings than this run gives it: a changed recipe or budget
+    must never reach the tables under an old cell's name. A stage's folder without them (begun before they were
+    kept) takes this run's. Returns whether it wrote them."""
+    path = os.path.join(output_dir, SETTINGS)
+    found = read_json(path)
+    if found is None:
+        if not os.path.isdir(output_dir):
+            return False
+        with open(path + ".partial", "w") as handle:
+            json.dump(settings, handle, indent=2)
+        os.replace(path + ".partial", path)
+        return True
+    if found != settings:
+        old, new = flag_values(found["arguments"]), flag_values(settings["arguments"])
+        differ = [f"{flag or 'positional'} {old.get(flag)} (now {new.get(flag)})" for flag in sorted({*old, *new})
+                  if old.get(flag) != new.get(flag)]
+        if found["script"] != settings["script"]:
+            differ.insert(0, f"script {found['script']} (now {settings['script']})")
+        raise SystemExit(f"{output_dir} was begun with other settings than this run gives it: {'; '.join(differ)} "
+                         f"({path}). Move the folder (and its copy in the record) away to make it again with these "
+                         "settings, or run with the ones it was made with")
+    return False
 
 
 def pretrain_tag(chosen: dict) -> str:
@@ -587,24 +641,39 @@ def main(argv=None) -> None:
     stages_run = 0
     started = time.perf_counter()
 
+    def recorded_dir(output_dir: str) -> str | None:
+        if not args.record:
+            return None
+        return os.path.join(args.record, "teacher" if output_dir == teacher else os.path.relpath(output_dir, out))
+
+    def restore(script: str, output_dir: str, arguments: list[str], done_file: str, restorable: bool = True,
+                weights=(), encoder: bool = False) -> None:
+        """Bring a stage back from the record (when ``restorable``) and refuse it if it was begun with other
+        settings than ``arguments``."""
+        recorded = recorded_dir(output_dir)
+        if recorded:
+            record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
+        if check_settings(output_dir, stage_settings(script, arguments, roots)) and recorded and \
+                os.path.isdir(recorded):
+            copy_files(output_dir, recorded, (SETTINGS,), overwrite=False)
+
     def stage(name: str, script: str, output_dir: str, arguments: list[str], done_file: str, restorable: bool = True,
               weights=(), needs=None, encoder: bool = False) -> None:
         """Run a stage unless it is done (in --out, or in the record); ``needs`` runs first, only if it will run
         (a finetuning cell's pretraining)."""
         nonlocal stages_run
-        recorded = os.path.join(args.record, os.path.relpath(output_dir, out)) if args.record else None
-        if output_dir == teacher and recorded:
-            recorded = os.path.join(args.record, "teacher")
-        if recorded:
-            record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
+        restore(script, output_dir, arguments, done_file, restorable, weights, encoder)
         if args.max_stages is not None and stages_run >= args.max_stages:
             return  # (--max-stages 0 only rewrites the tables)
         if not os.path.isfile(os.path.join(output_dir, done_file)) and needs is not None:
             needs()
             if args.max_stages is not None and stages_run >= args.max_stages:
                 return
+        os.makedirs(output_dir, exist_ok=True)
+        check_settings(output_dir, stage_settings(script, arguments, roots))
         if run_stage(name, script, output_dir, arguments, done_file):
             stages_run += 1
+            recorded = recorded_dir(output_dir)
             if recorded:
                 record_stage(output_dir, recorded, done_file, restorable, weights, encoder)
             write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
@@ -644,6 +713,7 @@ def main(argv=None) -> None:
     data = ["--dataroot", dataroot, "--version", VERSION, *common, "--full-jpeg-decode"]
     waymo_data = ["--dataset", "waymo", "--dataroot", waymo_root, *common]
     teacher = teacher_dir(out, args)
+    roots = {"$WORLD": dataroot, "$TEACHER": teacher, "$WAYMO": waymo_root, "$OUT": out}  # stage.json's names
     stage("LiDAR teacher", "train_lidar_teacher.py", teacher,
           [*data, "--train-split", "train", "--val-split", "val", "--max-steps", str(budget.teacher_steps),
            "--batch-size", "4"], "metrics.json", weights=TEACHER_WEIGHTS)
@@ -777,16 +847,23 @@ def main(argv=None) -> None:
             ensure_pretrained(arm, seed)
         return needs
 
+    study = []
     for arm, protocol, seed in cells(args, budget):
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
         segment = protocol == "segment"
-        stage(f"finetuning {arm}, {protocol}, seed {seed}",
-              "finetune_segmentation.py" if segment else "finetune_detection.py",
-              os.path.join(out, "finetune", finetune_cell(arm, protocol, seed, pretrain_recipes)),
-              [*(waymo_data if protocol == "waymo" else data), "--train-split", train_split, "--val-split", val_split,
-               "--seed", str(seed), *init_of(arm, seed), *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]),
-               *curve, *(["--freeze-encoder"] if frozen else [])], "metrics.json", needs=needs_of(arm, protocol, seed))
+        study.append((
+            f"finetuning {arm}, {protocol}, seed {seed}",
+            "finetune_segmentation.py" if segment else "finetune_detection.py",
+            os.path.join(out, "finetune", finetune_cell(arm, protocol, seed, pretrain_recipes)),
+            [*(waymo_data if protocol == "waymo" else data), "--train-split", train_split, "--val-split", val_split,
+             "--seed", str(seed), *init_of(arm, seed), *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]),
+             *curve, *(["--freeze-encoder"] if frozen else [])], needs_of(arm, protocol, seed)))
+    for name, script, output_dir, arguments, needs in study:  # every cell checked, and the tables whole, first
+        restore(script, output_dir, arguments, "metrics.json")
+    write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
+    for name, script, output_dir, arguments, needs in study:
+        stage(name, script, output_dir, arguments, "metrics.json", needs=needs)
 
     results = collect(out, args, budget, recipes, pretrain_recipes)
     write_results(out, results, args.record)

@@ -154,6 +154,30 @@ def test_a_waymo_world_that_differs_from_the_record_is_refused(waymo_root, tmp_p
         reproduce.check_world(reproduce.waymo_fingerprint(str(world)), str(path), str(world))
 
 
+def test_a_stage_begun_with_other_settings_is_refused(tmp_path):
+    reproduce = load_example("reproduce")
+    out = tmp_path / "S"
+    roots = {"$WORLD": str(out / "nuscenes"), "$OUT": str(out)}
+    arguments = ["--dataroot", str(out / "nuscenes"), "--init", str(out / "pretrain" / "pixel-seed0"),
+                 "--teacher", str(tmp_path / "S2"), "--learning-rate", "0.001", "--freeze-encoder"]
+    settings = reproduce.stage_settings("finetune_detection.py", arguments, roots)
+    # Folders are named by their root (the longest first), a sibling that only shares the prefix is not.
+    assert settings == {"script": "finetune_detection.py", "arguments": [
+        "--dataroot", "$WORLD", "--init", "$OUT/pretrain/pixel-seed0", "--teacher", str(tmp_path / "S2"),
+        "--learning-rate", "0.001", "--freeze-encoder"]}
+    cell = out / "finetune" / "pixel-full-seed0"
+    assert not reproduce.check_settings(str(cell), settings) and not cell.exists()  # nothing begun, nothing kept
+    cell.mkdir(parents=True)
+    assert reproduce.check_settings(str(cell), settings)  # begun before settings were kept: takes these
+    assert json.loads((cell / "stage.json").read_text()) == settings
+    assert not reproduce.check_settings(str(cell), settings)
+    other = reproduce.stage_settings("finetune_detection.py", [*arguments[:-2], "0.002"], roots)
+    with pytest.raises(SystemExit, match=r"--freeze-encoder \[\] \(now None\); --learning-rate \['0.001'\] "
+                                         r"\(now \['0.002'\]\)") as refused:
+        reproduce.check_settings(str(cell), other)
+    assert str(cell) in str(refused.value)
+
+
 def test_smoke_study_runs_and_resumes(tmp_path):
     reproduce = load_example("reproduce")
     record = tmp_path / "record"
@@ -279,6 +303,20 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert tables.returncode == 0 and "not complete for ['pixel']" in tables.stdout, tables.stdout[-3000:]
     assert {(c["arm"], c["protocol"]) for c in json.loads((record / "results.json").read_text())["cells"]} == \
         {(c["arm"], c["protocol"]) for c in results["cells"]} - {("geomim", "waymo")}
+
+    # Each stage keeps what it was begun with, its folders named by role; a recorded cell whose settings are not
+    # the ones this run gives it (a recipe changed since) is refused before any stage runs.
+    cell = f"geomim-{tag}-full-seed0"
+    settings = json.loads((record / "finetune" / cell / "stage.json").read_text())
+    arguments = settings["arguments"]
+    assert arguments[arguments.index("--dataroot") + 1] == "$WORLD"
+    assert arguments[arguments.index("--init") + 1] == f"$OUT/pretrain/geomim-{tag}-seed0"
+    arguments[arguments.index("--learning-rate") + 1] = "0.5"
+    for folder in (record, tmp_path):  # as restored from the record on a fresh machine
+        (folder / "finetune" / cell / "stage.json").write_text(json.dumps(settings))
+    refused = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and cell in refused.stderr and "--learning-rate ['0.5']" in refused.stderr
+    assert not [line for line in refused.stdout.splitlines() if line.startswith("$ ")]
 
     # A world that is not the recorded one is refused, naming the record.
     tables = json.loads((record / "world.json").read_text())
