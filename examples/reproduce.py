@@ -38,9 +38,9 @@ already in ``--out``, so any stop continues where it was:
    finetuned on its ``training`` segments from the nuScenes-world encoder, with the arm's recipe from the
    search above, and scored with LET-3D-AP/APL/APH on its ``validation`` segments.
 
-``OUT/results.json`` (every cell, and per arm, protocol and step the mean and 95% t-interval over
-seeds), ``OUT/results.md`` (the tables) and ``OUT/learning_curve.png`` are rewritten after every
-stage.
+``OUT/results.json`` (every cell, per arm, protocol and step the mean and 95% t-interval over seeds,
+and each arm's differences from random init and pixel MIM paired by seed), ``OUT/results.md`` (the
+tables) and ``OUT/learning_curve.png`` are rewritten after every stage.
 
 ``--record DIR`` keeps the study across machines that keep nothing but the repository: every finished
 stage's small results (metrics, learning curves, summaries, loss histories, and the LiDAR teacher's
@@ -85,6 +85,10 @@ SEGMENT_REPORTED = ("mIoU", *(f"IoU/{name}" for name in MAP_CLASSES))  # BEVFusi
 WAYMO_REPORTED = (*(f"{metric}/LEVEL_{level}" for level in (2, 1) for metric in ("LET-3D-APL", "LET-3D-AP",
                                                                                   "LET-3D-APH")),
                   *(f"LET-3D-APL/{name}/LEVEL_2" for name in WAYMO_CLASSES))
+# The scores each arm is compared on with the baselines, seed by seed (paired_differences).
+HEADLINE = {"segment": ("mIoU",), "waymo": ("LET-3D-APL/LEVEL_2",)}
+DETECTION_HEADLINE = ("NDS", "mAP", "mATE")
+BASELINES = ("random", "pixel")  # the paper's: no pretraining, and the generic self-supervised init
 ARMS = {  # the pretraining flags of each arm; random has no pretraining
     "random": None,
     "pixel": ["--objective", "pixel"],
@@ -254,6 +258,35 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
 
 
+def paired_differences(found: list[dict]) -> list[dict]:
+    """Every arm against each baseline, seed by seed: at a protocol's last step, on the seeds both finished, the
+    difference (arm - baseline) of each headline score, its mean and 95% t-interval. A seed gives every arm the
+    same finetuning data order and augmentation, so pairing by seed removes that part of the seed-to-seed noise
+    that separate intervals keep. ``found``: the rows of ``collect``'s "cells"."""
+    last = {}
+    for row in found:
+        last[row["protocol"]] = max(last.get(row["protocol"], 0), row["steps"])
+    score = {(r["arm"], r["protocol"], r["seed"]): r for r in found if r["steps"] == last[r["protocol"]]}
+    order = list(ARMS)
+    differences = []
+    for protocol in dict.fromkeys(r["protocol"] for r in found):
+        arms = sorted({a for a, p, _ in score if p == protocol}, key=order.index)
+        for baseline in (b for b in BASELINES if b in arms):
+            for arm in (a for a in arms if a != baseline and a not in BASELINES[:BASELINES.index(baseline) + 1]):
+                seeds = sorted(s for a, p, s in score if a == arm and p == protocol
+                               and (baseline, protocol, s) in score)
+                if not seeds:
+                    continue
+                entry = {"arm": arm, "baseline": baseline, "protocol": protocol, "steps": last[protocol],
+                         "seeds": seeds}
+                for key in HEADLINE.get(protocol, DETECTION_HEADLINE):
+                    per_seed = [score[arm, protocol, s][key] - score[baseline, protocol, s][key] for s in seeds]
+                    mean, half = t_interval(per_seed)
+                    entry[key] = {"mean": mean, "ci95": half, "per_seed": per_seed}
+                differences.append(entry)
+    return differences
+
+
 def choose_recipes(scores: dict, search_arms, arms, criterion: str = "held_out_NDS", lowest: bool = False) -> dict:
     """Each searched arm's recipe of best held-out ``criterion`` (highest, or ``lowest``), once every candidate
     has scored it; the arms of ``arms`` not searched take geomim's. ``scores``: {candidate: {the recipe's
@@ -367,7 +400,7 @@ def collect(out: str, args, budget: Budget, recipes: dict | None, pretrain_recip
             "pretrain_recipes": pretrain_recipes,
             "pretrain_search": read_json(os.path.join(out, "search", "pretrain_search.json")),
             "recipes": recipes, "search": read_json(os.path.join(out, "search", "search.json")),
-            "cells": found, "summary": summaries}
+            "cells": found, "summary": summaries, "differences": paired_differences(found)}
 
 
 def write_results(out: str, results: dict, record: str | None = None) -> None:
@@ -531,9 +564,10 @@ def pretrain_recipe_name(chosen: dict) -> str:
     return f"lr {chosen['learning_rate']:g}, {chosen['warmup_steps']} warmup"
 
 
-def _cell(entry: dict, key: str) -> str:
+def _cell(entry: dict, key: str, signed: bool = False) -> str:
     mean, half = entry[key]["mean"], entry[key]["ci95"]
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+    mean = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return mean if math.isnan(half) else f"{mean} ± {half:.3f}"
 
 
 def results_markdown(results: dict) -> str:
@@ -586,6 +620,17 @@ def results_markdown(results: dict) -> str:
         for arm, entry in arms.items():
             lines.append(f"| {arm} | {entry['steps']} | {len(entry['seeds'])} | "
                          + " | ".join(_cell(entry, k) for k in keys) + " |")
+        lines.append("")
+    if results.get("differences"):
+        lines += ["## paired by seed: arm - baseline", "",
+                  "Per seed, the arm's score minus the baseline's at the protocol's last step (lower is better for "
+                  "mATE); mean ± half-width of the 95% t-interval of the differences, then each seed's.", "",
+                  "| protocol | arm - baseline | seeds | score | difference | per seed |", "|---|---|---|---|---|---|"]
+        for entry in results["differences"]:
+            for key in HEADLINE.get(entry["protocol"], DETECTION_HEADLINE):
+                lines.append(f"| {entry['protocol']} | {entry['arm']} - {entry['baseline']} | "
+                             f"{', '.join(map(str, entry['seeds']))} | {key} | {_cell(entry, key, signed=True)} | "
+                             + ", ".join(f"{d:+.3f}" for d in entry[key]["per_seed"]) + " |")
         lines.append("")
     curve = [e for e in results["summary"] if e["protocol"] == "full"]
     if curve:

@@ -108,6 +108,35 @@ def test_results_summarise_the_cells_found(tmp_path):
     assert "## waymo\n\n| arm | steps | seeds | LET-3D-APL/LEVEL_2 | LET-3D-AP/LEVEL_2 |" in table
     assert f"| random | 4 | 2 | {np.mean(apl):.3f} ± " in table
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    # Paired by seed, at each protocol's last step and only on the seeds both arms finished.
+    differences = {(e["arm"], e["baseline"], e["protocol"]): e for e in results["differences"]}
+    assert set(differences) == {("geomim", "random", p) for p in ("full", "probe", "segment", "waymo")}
+    gain = [written["geomim", "full", s]["4"]["NDS"] - written["random", "full", s]["4"]["NDS"] for s in (0, 1)]
+    full = differences["geomim", "random", "full"]
+    assert full["NDS"]["per_seed"] == pytest.approx(gain) and full["NDS"]["mean"] == pytest.approx(np.mean(gain))
+    assert full["NDS"]["ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * stats.sem(gain))
+    assert set(full) - {"arm", "baseline", "protocol", "steps", "seeds"} == {"NDS", "mAP", "mATE"}
+    probe = differences["geomim", "random", "probe"]
+    assert probe["seeds"] == [0] and math.isnan(probe["mATE"]["ci95"])
+    assert probe["mATE"]["mean"] == pytest.approx(written["geomim", "probe", 0]["4"]["mATE"]
+                                                  - written["random", "probe", 0]["4"]["mATE"])
+    assert "mIoU" in differences["geomim", "random", "segment"] and "NDS" not in differences["geomim", "random",
+                                                                                           "segment"]
+    assert f"| full | geomim - random | 0, 1 | NDS | {np.mean(gain):+.3f} ± " in table
+    assert f"| {gain[0]:+.3f}, {gain[1]:+.3f} |" in table
+
+
+def test_each_arm_is_paired_with_the_baselines_on_the_seeds_both_finished():
+    reproduce = load_example("reproduce")
+    nds = {("random", 0): 0.10, ("random", 1): 0.14, ("pixel", 0): 0.12, ("pixel", 2): 0.2,
+           ("geomim", 0): 0.15, ("geomim", 1): 0.13, ("geomim", 2): 0.16}
+    found = [{"arm": arm, "protocol": "full", "seed": seed, "steps": steps, "NDS": value + steps, "mAP": 0.0,
+              "mATE": 1.0} for (arm, seed), value in nds.items() for steps in (1, 2)]
+    differences = {(e["arm"], e["baseline"]): e for e in reproduce.paired_differences(found)}
+    assert set(differences) == {("pixel", "random"), ("geomim", "random"), ("geomim", "pixel")}
+    assert differences["geomim", "random"]["seeds"] == [0, 1] and differences["geomim", "pixel"]["seeds"] == [0, 2]
+    assert differences["geomim", "pixel"]["NDS"]["per_seed"] == pytest.approx([0.03, -0.04])  # at step 2
+    assert differences["pixel", "random"]["seeds"] == [0] and differences["pixel", "random"]["steps"] == 2
 
 
 def test_a_waymo_world_that_differs_from_the_record_is_refused(waymo_root, tmp_path):
