@@ -272,7 +272,8 @@ def paired_differences(found: list[dict]) -> list[dict]:
     for protocol in dict.fromkeys(r["protocol"] for r in found):
         arms = sorted({a for a, p, _ in score if p == protocol}, key=order.index)
         for baseline in (b for b in BASELINES if b in arms):
-            for arm in (a for a in arms if a != baseline and a not in BASELINES[:BASELINES.index(baseline) + 1]):
+            # Each pair once: against pixel MIM, random init is not an arm (pixel - random is already there).
+            for arm in (a for a in arms if a not in BASELINES[:BASELINES.index(baseline) + 1]):
                 seeds = sorted(s for a, p, s in score if a == arm and p == protocol
                                and (baseline, protocol, s) in score)
                 if not seeds:
