@@ -85,9 +85,6 @@ SEGMENT_REPORTED = ("mIoU", *(f"IoU/{name}" for name in MAP_CLASSES))  # BEVFusi
 WAYMO_REPORTED = (*(f"{metric}/LEVEL_{level}" for level in (2, 1) for metric in ("LET-3D-APL", "LET-3D-AP",
                                                                                   "LET-3D-APH")),
                   *(f"LET-3D-APL/{name}/LEVEL_2" for name in WAYMO_CLASSES))
-# The scores each arm is compared on with the baselines, seed by seed (paired_differences).
-HEADLINE = {"segment": ("mIoU",), "waymo": ("LET-3D-APL/LEVEL_2",)}
-DETECTION_HEADLINE = ("NDS", "mAP", "mATE")
 BASELINES = ("random", "pixel")  # the paper's: no pretraining, and the generic self-supervised init
 ARMS = {  # the pretraining flags of each arm; random has no pretraining
     "random": None,
@@ -228,6 +225,11 @@ def reported(protocol: str) -> tuple[str, ...]:
     return {"segment": SEGMENT_REPORTED, "waymo": WAYMO_REPORTED}.get(protocol, REPORTED)
 
 
+def headline(protocol: str) -> tuple[str, ...]:
+    """The scores each arm is compared on with the baselines, seed by seed (``paired_differences``)."""
+    return {"segment": ("mIoU",), "waymo": ("LET-3D-APL/LEVEL_2",)}.get(protocol, ("NDS", "mAP", "mATE"))
+
+
 def table_columns(protocol: str) -> tuple[str, ...]:
     """The scores of a protocol in results.md (every reported score but the devkit's last TP errors)."""
     return REPORTED[:5] if reported(protocol) is REPORTED else reported(protocol)
@@ -280,7 +282,7 @@ def paired_differences(found: list[dict]) -> list[dict]:
                     continue
                 entry = {"arm": arm, "baseline": baseline, "protocol": protocol, "steps": last[protocol],
                          "seeds": seeds}
-                for key in HEADLINE.get(protocol, DETECTION_HEADLINE):
+                for key in headline(protocol):
                     per_seed = [score[arm, protocol, s][key] - score[baseline, protocol, s][key] for s in seeds]
                     mean, half = t_interval(per_seed)
                     entry[key] = {"mean": mean, "ci95": half, "per_seed": per_seed}
@@ -628,7 +630,7 @@ def results_markdown(results: dict) -> str:
                   "mATE); mean ± half-width of the 95% t-interval of the differences, then each seed's.", "",
                   "| protocol | arm - baseline | seeds | score | difference | per seed |", "|---|---|---|---|---|---|"]
         for entry in results["differences"]:
-            for key in HEADLINE.get(entry["protocol"], DETECTION_HEADLINE):
+            for key in headline(entry["protocol"]):
                 lines.append(f"| {entry['protocol']} | {entry['arm']} - {entry['baseline']} | "
                              f"{', '.join(map(str, entry['seeds']))} | {key} | {_cell(entry, key, signed=True)} | "
                              + ", ".join(f"{d:+.3f}" for d in entry[key]["per_seed"]) + " |")
