@@ -40,7 +40,9 @@ already in ``--out``, so any stop continues where it was:
 
 ``OUT/results.json`` (every cell, per arm, protocol and step the mean and 95% t-interval over seeds,
 and each arm's differences from random init and pixel MIM paired by seed), ``OUT/results.md`` (the
-tables) and ``OUT/learning_curve.png`` are rewritten after every stage.
+tables) and ``OUT/learning_curve.png`` are rewritten after every stage. ``--arms``, ``--protocols`` and
+``--seeds`` choose what runs, not what is reported: the tables, the searches and the chosen recipes always
+cover every finished cell in ``--out`` and the record, so a run of a few arms or seeds never drops the others.
 
 ``--record DIR`` keeps the study across machines that keep nothing but the repository: every finished
 stage's small results (metrics, learning curves, summaries, loss histories, and the LiDAR teacher's
@@ -65,11 +67,12 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -203,7 +206,7 @@ def parse_args(argv=None):
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--max-stages", type=int, default=None,
                         help="stop after running this many stages (a piece of the study; run again to go on); 0 "
-                        "only rewrites the tables of --protocols and --arms from the cells found")
+                        "only rewrites the tables from the cells found")
     parser.add_argument("--world", default=None, help="an existing synthetic v1.0-trainval world to use")
     parser.add_argument("--teacher", default=None, help="an existing teacher folder (with metrics.json) to use")
     parser.add_argument("--record", default=None,
@@ -377,12 +380,33 @@ def finetune_cell(arm: str, protocol: str, seed: int, pretrain_recipes: dict) ->
     return name and f"{name}-{protocol}-seed{seed}"
 
 
+def read_finished(out: str, record: str | None, relative: str) -> dict | None:
+    """A stage's result file under ``out``, or else in the record (a stage this run does not restore)."""
+    return read_json(os.path.join(out, relative)) or (read_json(os.path.join(record, relative)) if record else None)
+
+
+def whole_study(args, out: str):
+    """``args`` widened to everything the tables report, in one order whatever ran: every arm and protocol, and
+    the seeds of ``--seeds`` and of every finetuning cell in ``out`` or the record. A run of a few arms or seeds
+    then rewrites the tables whole, not with its own part only."""
+    seeds = set(args.seeds)
+    for root in (out, *([args.record] if args.record else [])):
+        folder = os.path.join(root, "finetune")
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            match = re.fullmatch(r".*-seed(\d+)", name)
+            seeds.update([int(match.group(1))] if match else [])
+    return argparse.Namespace(**{**vars(args), "arms": list(ARMS), "protocols": list(PROTOCOLS),
+                                 "seeds": sorted(seeds)})
+
+
 def collect(out: str, args, budget: Budget, recipes: dict | None, pretrain_recipes: dict) -> dict:
-    """results.json: the cells finished so far and their per-arm summaries."""
+    """results.json: the cells finished so far (in ``out`` or the record) and their per-arm summaries, for every
+    arm, protocol and seed of ``whole_study(args)``."""
     found = []
-    for arm, protocol, seed in cells(args, budget):
+    # Every seed's secondary cells: a run's --seeds need not begin with the seed that ran them.
+    for arm, protocol, seed in cells(whole_study(args, out), replace(budget, secondary_seeds=None)):
         name = finetune_cell(arm, protocol, seed, pretrain_recipes)
-        curve = name and read_json(os.path.join(out, "finetune", name, "learning_curve.json"))
+        curve = name and read_finished(out, args.record, os.path.join("finetune", name, "learning_curve.json"))
         for step, metrics in (curve or {}).items():
             found.append({"arm": arm, "protocol": protocol, "seed": seed, "steps": int(step),
                           **{k: metrics[k] for k in reported(protocol)}})
@@ -401,8 +425,8 @@ def collect(out: str, args, budget: Budget, recipes: dict | None, pretrain_recip
     return {"budget": args.budget, "budget_settings": {k: v for k, v in vars(budget).items() if k != "extra"},
             "version": VERSION, "teacher": {k: teacher[k] for k in ("NDS", "mAP")} if teacher else None,
             "pretrain_recipes": pretrain_recipes,
-            "pretrain_search": read_json(os.path.join(out, "search", "pretrain_search.json")),
-            "recipes": recipes, "search": read_json(os.path.join(out, "search", "search.json")),
+            "pretrain_search": read_finished(out, args.record, os.path.join("search", "pretrain_search.json")),
+            "recipes": recipes, "search": read_finished(out, args.record, os.path.join("search", "search.json")),
             "cells": found, "summary": summaries, "differences": paired_differences(found)}
 
 
@@ -706,12 +730,13 @@ def main(argv=None) -> None:
             copy_files(output_dir, recorded, (SETTINGS,), overwrite=False)
 
     def stage(name: str, script: str, output_dir: str, arguments: list[str], done_file: str, restorable: bool = True,
-              weights=(), needs=None, encoder: bool = False) -> None:
-        """Run a stage unless it is done (in --out, or in the record); ``needs`` runs first, only if it will run
-        (a finetuning cell's pretraining)."""
+              weights=(), needs=None, encoder: bool = False, run: bool = True) -> None:
+        """Run a stage unless it is done (in --out, or in the record), or only restore it (not ``run``: a stage
+        of an arm or seed outside this run, which the tables still report); ``needs`` runs first, only if it will
+        run (a finetuning cell's pretraining)."""
         nonlocal stages_run
         restore(script, output_dir, arguments, done_file, restorable, weights, encoder)
-        if args.max_stages is not None and stages_run >= args.max_stages:
+        if not run or args.max_stages is not None and stages_run >= args.max_stages:
             return  # (--max-stages 0 only rewrites the tables)
         if not os.path.isfile(os.path.join(output_dir, done_file)) and needs is not None:
             needs()
@@ -777,9 +802,13 @@ def main(argv=None) -> None:
 
     # The pretraining recipe search on held-out training scenes, the same candidates for both pretrained main
     # arms; pixel MIM first, as GeoMIM's candidates start from its chosen encoder (the study's pretrainings do).
+    # The searches run for --arms (and the arms they start from), and are restored, scored and chosen for every
+    # arm, so that a run of a few arms rewrites search.json, recipes.json and the tables whole.
     pretrained_arms = [arm for arm in args.arms if ARMS[arm] is not None]
     pretrain_search_arms = [arm for arm in MAIN_ARMS if ARMS[arm] is not None and (
         arm in args.arms or any(PRETRAINED_FROM.get(other) == arm for other in pretrained_arms))]
+    every_pretrained_arm = [arm for arm in ARMS if ARMS[arm] is not None]
+    pretrain_searched_arms = [arm for arm in MAIN_ARMS if ARMS[arm] is not None]
 
     def pretrain_candidate(arm: str, chosen: dict) -> str:
         return os.path.join(out, "pretrain_search", f"{arm}-{pretrain_tag(chosen)}")
@@ -790,13 +819,13 @@ def main(argv=None) -> None:
         for lr, warmup in budget.pretrain_search:
             candidate = {"learning_rate": lr, "warmup_steps": warmup}
             found = {arm: (read_json(os.path.join(pretrain_candidate(arm, candidate), "pretrain_summary.json"))
-                           or {}).get("held_out") for arm in pretrain_search_arms}
+                           or {}).get("held_out") for arm in pretrain_searched_arms}
             scores[f"lr {lr:g}, {warmup} warmup"] = {
                 **candidate, **{f"held_out_{key}": {arm: held_out[key] for arm, held_out in found.items() if held_out}
                                 for key in ("loss", "reconstruction_loss", "reconstruction_baseline")}}
         return scores
 
-    for arm in pretrain_search_arms:
+    for arm in pretrain_searched_arms:
         base = PRETRAINED_FROM.get(arm)
         if base and base not in pretrain_recipes:
             break  # the base's search is not finished
@@ -812,8 +841,8 @@ def main(argv=None) -> None:
                    *pretrain_flags(arm, candidate),
                    *(["--init-encoder", pretrain_candidate(base, pretrain_recipes[base])] if base else [])],
                   "pretrain_summary.json", restorable=arm not in PRETRAINED_FROM.values(),
-                  encoder=arm in PRETRAINED_FROM.values())
-        pretrain_recipes = choose_recipes(pretrain_search_scores(), pretrain_search_arms, pretrained_arms,
+                  encoder=arm in PRETRAINED_FROM.values(), run=arm in pretrain_search_arms)
+        pretrain_recipes = choose_recipes(pretrain_search_scores(), pretrain_searched_arms, every_pretrained_arm,
                                           criterion="held_out_loss", lowest=True)
     pretrain_scores = pretrain_search_scores()
 
@@ -847,26 +876,25 @@ def main(argv=None) -> None:
     def search_cell(name: str, lr: float, arm: str) -> str:
         return os.path.join(search_dir, f"{name}-lr{lr:g}-{arm_name(arm, pretrain_recipes)}")
 
-    search_arms = [arm for arm in MAIN_ARMS if arm in args.arms]
     for name, lr in budget.search:
-        for arm in search_arms:
+        for arm in MAIN_ARMS:
             if arm_name(arm, pretrain_recipes) is None:
                 continue  # its pretraining recipe is not chosen yet
             candidate = {"recipe": name, "learning_rate": lr}
             stage(f"recipe search: {name}, lr {lr:g}, {arm}", "finetune_detection.py", search_cell(name, lr, arm),
                   [*data, "--train-split", "train_track", "--val-split", "train_detect", "--seed", "0",
                    *init_of(arm, 0), *finetune_flags(candidate)], "metrics.json",
-                  needs=lambda arm=arm: ensure_pretrained(arm, 0))
+                  needs=lambda arm=arm: ensure_pretrained(arm, 0), run=arm in args.arms)
     # Each searched arm's recipe, recomputed from the finished search cells on every run (so adding an arm
     # later never changes the others'); the secondary arms take geomim's.
     scores = {}
     for name, lr in budget.search:
-        found = {arm: read_json(os.path.join(search_cell(name, lr, arm), "metrics.json")) for arm in search_arms
+        found = {arm: read_json(os.path.join(search_cell(name, lr, arm), "metrics.json")) for arm in MAIN_ARMS
                  if arm_name(arm, pretrain_recipes)}
         scores[f"{name} lr {lr:g}"] = {"recipe": name, "learning_rate": lr,
                                         **{f"held_out_{key}": {arm: m[key] for arm, m in found.items() if m}
                                            for key in ("NDS", "mAP", "mATE")}}
-    recipes = choose_recipes(scores, search_arms, args.arms)
+    recipes = choose_recipes(scores, MAIN_ARMS, list(ARMS))
     for folder in (search_dir, *([os.path.join(args.record, "search")] if args.record else [])):
         os.makedirs(folder, exist_ok=True)
         for name, value in (("search.json", scores), ("recipes.json", recipes),
@@ -874,13 +902,7 @@ def main(argv=None) -> None:
             with open(os.path.join(folder, name), "w") as handle:
                 json.dump(value, handle, indent=2)
     missing = [arm for arm in args.arms if arm not in recipes]
-    if missing:
-        if args.record:  # the recorded cells still make the tables
-            for arm, protocol, seed in cells(args, budget):
-                name = finetune_cell(arm, protocol, seed, pretrain_recipes)
-                if name:
-                    folder = os.path.join("finetune", name)
-                    record_stage(os.path.join(out, folder), os.path.join(args.record, folder), "metrics.json", True)
+    if missing:  # the recorded cells still make the tables
         write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
         print(f"stopped before the study: the recipe search is not complete for {missing} ({stages_run} stages "
               "run; the secondary arms take geomim's recipe, so they need geomim in --arms)")
@@ -895,28 +917,33 @@ def main(argv=None) -> None:
             ensure_pretrained(arm, seed)
         return needs
 
-    study = []
-    for arm, protocol, seed in cells(args, budget):
+    # Every cell of the whole study is restored and checked (a recorded cell made with other settings than this
+    # run would give it is refused), those of --arms, --protocols and --seeds run.
+    study = {}
+    for arm, protocol, seed in cells(whole_study(args, out), replace(budget, secondary_seeds=None)):
+        if arm not in recipes or finetune_cell(arm, protocol, seed, pretrain_recipes) is None:
+            continue
         train_split, val_split, frozen = PROTOCOLS[protocol]
         curve = ["--eval-steps", *map(str, budget.curve)] if protocol == "full" else []
         segment = protocol == "segment"
-        study.append((
+        study[arm, protocol, seed] = (
             f"finetuning {arm}, {protocol}, seed {seed}",
             "finetune_segmentation.py" if segment else "finetune_detection.py",
             os.path.join(out, "finetune", finetune_cell(arm, protocol, seed, pretrain_recipes)),
             [*(waymo_data if protocol == "waymo" else data), "--train-split", train_split, "--val-split", val_split,
              "--seed", str(seed), *init_of(arm, seed), *finetune_flags(SEGMENT_RECIPE if segment else recipes[arm]),
-             *curve, *(["--freeze-encoder"] if frozen else [])], needs_of(arm, protocol, seed)))
-    for name, script, output_dir, arguments, needs in study:  # every cell checked, and the tables whole, first
+             *curve, *(["--freeze-encoder"] if frozen else [])], needs_of(arm, protocol, seed))
+    for name, script, output_dir, arguments, needs in study.values():  # every cell checked, the tables whole, first
         restore(script, output_dir, arguments, "metrics.json")
     write_results(out, collect(out, args, budget, recipes, pretrain_recipes), args.record)
-    for name, script, output_dir, arguments, needs in study:
+    to_run = list(cells(args, budget))  # in the order of --seeds, --protocols and --arms
+    for name, script, output_dir, arguments, needs in (study[cell] for cell in to_run):
         stage(name, script, output_dir, arguments, "metrics.json", needs=needs)
 
     results = collect(out, args, budget, recipes, pretrain_recipes)
     write_results(out, results, args.record)
-    total = len(list(cells(args, budget)))
-    done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]})
+    total = len(to_run)
+    done = len({(c["arm"], c["protocol"], c["seed"]) for c in results["cells"]} & set(to_run))
     print(f"\n{done} of {total} cells done ({stages_run} stages run now, {(time.perf_counter() - started) / 60:.1f} "
           f"min); tables in {os.path.join(out, 'results.md')}")
     print(open(os.path.join(out, "results.md")).read())

@@ -220,12 +220,14 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     light = {"recipe": "light", "learning_rate": 1e-3}
-    assert results["teacher"] is not None and results["recipes"] == {"random": light, "geomim": light}
+    # Pixel MIM is not searched (not in --arms); the secondary arms take GeoMIM's recipe.
+    assert results["teacher"] is not None and results["recipes"] == {arm: light for arm in reproduce.ARMS
+                                                                     if arm != "pixel"}
     # The pretraining recipe search: pixel MIM (GeoMIM's starting point) and GeoMIM, each scored by its loss on
     # held-out training scenes; GeoMIM's candidate started from pixel MIM's chosen one.
     candidate = {"learning_rate": 1e-3, "warmup_steps": 2}
     tag = "lr0.001-w2"
-    assert results["pretrain_recipes"] == {"pixel": candidate, "geomim": candidate}
+    assert results["pretrain_recipes"] == {arm: candidate for arm, flags in reproduce.ARMS.items() if flags}
     for arm in ("pixel", "geomim"):
         held_out = json.loads((tmp_path / "pretrain_search" / f"{arm}-{tag}" / "pretrain_summary.json").read_text())
         assert held_out["held_out"]["split"] == "train_detect"
@@ -287,6 +289,25 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert not (tmp_path / "waymo").exists()  # no Waymo cell to run: its world is not written
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
+    # --arms, --protocols and --seeds choose what runs, not what the tables report: a run of one arm, protocol
+    # and another seed on a fresh machine rewrites the tables, the searches and the recipes as they were.
+    searches = {name: (record / "search" / name).read_text() for name in ("search.json", "recipes.json",
+                                                                          "pretrain_search.json",
+                                                                          "pretrain_recipes.json")}
+    shutil.rmtree(tmp_path)
+    arms, seeds = command.index("--arms"), command.index("--seeds")
+    subset = [*command[:arms + 1], "random", "--protocols", "probe", *command[seeds:seeds + 1], "1",
+              *command[seeds + 2:], "--max-stages", "0"]
+    assert subset[subset.index("--seeds") + 1:subset.index("--record")] == ["1"]
+    part = subprocess.run(subset, capture_output=True, text=True, env=env)
+    assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
+    assert not [line for line in part.stdout.splitlines() if line.startswith("$ ")]
+    assert json.loads((record / "results.json").read_text()) == results
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert {name: (record / "search" / name).read_text() for name in searches} == searches
+    fresh = subprocess.run(command, capture_output=True, text=True, env=env)  # (back to the whole study's folder)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+
     # A cell missing from the record is finetuned again from the recorded encoder (no pretraining), and comes out
     # as it was.
     recorded_encoder = record / "pretrain" / f"geomim-{tag}-seed0" / "encoder.safetensors"
@@ -341,8 +362,8 @@ def test_smoke_study_runs_and_resumes(tmp_path):
     assert arguments[arguments.index("--dataroot") + 1] == "$WORLD"
     assert arguments[arguments.index("--init") + 1] == f"$OUT/pretrain/geomim-{tag}-seed0"
     arguments[arguments.index("--learning-rate") + 1] = "0.5"
-    for folder in (record, tmp_path):  # as restored from the record on a fresh machine
-        (folder / "finetune" / cell / "stage.json").write_text(json.dumps(settings))
+    # (--out lost its cells above: the run restores this one from the record, then checks it)
+    (record / "finetune" / cell / "stage.json").write_text(json.dumps(settings))
     refused = subprocess.run(command, capture_output=True, text=True, env=env)
     assert refused.returncode != 0 and cell in refused.stderr and "--learning-rate ['0.5']" in refused.stderr
     assert not [line for line in refused.stdout.splitlines() if line.startswith("$ ")]
