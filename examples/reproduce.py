@@ -385,26 +385,26 @@ def read_finished(out: str, record: str | None, relative: str) -> dict | None:
     return read_json(os.path.join(out, relative)) or (read_json(os.path.join(record, relative)) if record else None)
 
 
-def whole_study(args, out: str):
-    """``args`` widened to everything the tables report, in one order whatever ran: every arm and protocol, and
-    the seeds of ``--seeds`` and of every finetuning cell in ``out`` or the record. A run of a few arms or seeds
-    then rewrites the tables whole, not with its own part only."""
+def whole_study(args, out: str, budget: Budget) -> list[tuple[str, str, int]]:
+    """Every cell the tables report, in one order whatever ran: every arm and protocol, on the seeds of ``--seeds``
+    and of every finetuning cell in ``out`` or the record, the secondary cells on every seed (a run's --seeds need
+    not begin with the seed that ran them). A run of a few arms or seeds then rewrites the tables whole."""
     seeds = set(args.seeds)
     for root in (out, *([args.record] if args.record else [])):
         folder = os.path.join(root, "finetune")
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
             match = re.fullmatch(r".*-seed(\d+)", name)
             seeds.update([int(match.group(1))] if match else [])
-    return argparse.Namespace(**{**vars(args), "arms": list(ARMS), "protocols": list(PROTOCOLS),
-                                 "seeds": sorted(seeds)})
+    whole = argparse.Namespace(**{**vars(args), "arms": list(ARMS), "protocols": list(PROTOCOLS),
+                                  "seeds": sorted(seeds)})
+    return list(cells(whole, replace(budget, secondary_seeds=None)))
 
 
 def collect(out: str, args, budget: Budget, recipes: dict | None, pretrain_recipes: dict) -> dict:
     """results.json: the cells finished so far (in ``out`` or the record) and their per-arm summaries, for every
-    arm, protocol and seed of ``whole_study(args)``."""
+    cell of ``whole_study``."""
     found = []
-    # Every seed's secondary cells: a run's --seeds need not begin with the seed that ran them.
-    for arm, protocol, seed in cells(whole_study(args, out), replace(budget, secondary_seeds=None)):
+    for arm, protocol, seed in whole_study(args, out, budget):
         name = finetune_cell(arm, protocol, seed, pretrain_recipes)
         curve = name and read_finished(out, args.record, os.path.join("finetune", name, "learning_curve.json"))
         for step, metrics in (curve or {}).items():
@@ -920,7 +920,7 @@ def main(argv=None) -> None:
     # Every cell of the whole study is restored and checked (a recorded cell made with other settings than this
     # run would give it is refused), those of --arms, --protocols and --seeds run.
     study = {}
-    for arm, protocol, seed in cells(whole_study(args, out), replace(budget, secondary_seeds=None)):
+    for arm, protocol, seed in whole_study(args, out, budget):
         if arm not in recipes or finetune_cell(arm, protocol, seed, pretrain_recipes) is None:
             continue
         train_split, val_split, frozen = PROTOCOLS[protocol]
